@@ -1,0 +1,1 @@
+//! Cholesky and friends (filled in below).

@@ -1,0 +1,16 @@
+//! `impl Tensor` blocks, one file per op family.
+
+mod binary;
+mod convert;
+mod create;
+mod index;
+mod linalg;
+mod matmul;
+mod movement;
+mod reduce;
+mod sort;
+mod unary;
+
+pub use binary::{BinaryOp, CmpOp};
+pub use reduce::ReduceOp;
+pub use unary::UnaryOp;
