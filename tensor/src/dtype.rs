@@ -60,14 +60,6 @@ impl DType {
             DType::I64 => "i64",
         }
     }
-    /// The dtype arithmetic on this dtype is done in: f64 for f64, f32 for the other floats.
-    pub(crate) fn compute(self) -> DType {
-        if self == DType::F64 {
-            DType::F64
-        } else {
-            DType::F32
-        }
-    }
 }
 
 impl std::fmt::Display for DType {

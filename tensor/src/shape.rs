@@ -69,9 +69,6 @@ impl Shape {
         }
         Ok(Shape(out))
     }
-    pub(crate) fn into_vec(self) -> Vec<usize> {
-        self.0
-    }
 }
 
 impl fmt::Debug for Shape {

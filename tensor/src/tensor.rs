@@ -35,9 +35,6 @@ impl std::fmt::Debug for Tensor {
 }
 
 impl Tensor {
-    pub(crate) fn from_parts(storage: Arc<Storage>, layout: Layout) -> Self {
-        Tensor { storage, layout }
-    }
     pub(crate) fn from_cpu(storage: CpuStorage, shape: Shape) -> Self {
         debug_assert_eq!(storage.len(), shape.elem_count());
         Tensor {
@@ -207,21 +204,6 @@ impl Tensor {
             }
         })
     }
-    /// The elements converted to f32 (any dtype). Used where compute is always f32.
-    pub(crate) fn f32_values(&self) -> Cow<'_, [f32]> {
-        match self.cpu() {
-            CpuStorage::F32(_) => self.values::<f32>(),
-            CpuStorage::F16(b) => {
-                Cow::Owned(self.layout.offsets().map(|o| b[o].to_f32()).collect())
-            }
-            CpuStorage::BF16(b) => {
-                Cow::Owned(self.layout.offsets().map(|o| b[o].to_f32()).collect())
-            }
-            s => {
-                map_cpu!(s, b => Cow::Owned(self.layout.offsets().map(|o| b[o].to_f64() as f32).collect()))
-            }
-        }
-    }
     /// The elements converted to i64 (integer dtypes only; used for indices).
     pub(crate) fn index_values(&self, op: &'static str) -> Result<Cow<'_, [i64]>> {
         Ok(match self.cpu() {
@@ -277,12 +259,4 @@ pub(crate) enum FloatOut {
 
 fn gather_storage<T: WithDType>(b: &[T], layout: &Layout) -> CpuStorage {
     T::into_storage(layout.offsets().map(|o| b[o]).collect())
-}
-
-/// Gathers a strided layout of a typed slice into a vector.
-pub(crate) fn gather<T: Copy>(b: &[T], layout: &Layout) -> Vec<T> {
-    match layout.contiguous_range() {
-        Some(r) => b[r].to_vec(),
-        None => layout.offsets().map(|o| b[o]).collect(),
-    }
 }
