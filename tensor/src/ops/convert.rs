@@ -30,7 +30,9 @@ impl Tensor {
             (CpuStorage::BF16(_), DType::F32) => convert(&x.values::<bf16>(), bf16::to_f32),
             (CpuStorage::F32(_), DType::F16) => convert(&x.values::<f32>(), f16::from_f32),
             (CpuStorage::F32(_), DType::BF16) => convert(&x.values::<f32>(), bf16::from_f32),
-            (CpuStorage::I64(_), DType::U32) => convert(&x.values::<i64>(), |v| v as u32),
+            (CpuStorage::I64(_), DType::U32) => {
+                convert(&x.values::<i64>(), |v| v.clamp(0, u32::MAX as i64) as u32)
+            }
             (CpuStorage::U32(_), DType::I64) => convert(&x.values::<u32>(), |v| v as i64),
             (src, _) => map_cpu!(src, b => {
                 let v = &b[x.layout().contiguous_range().expect("contiguous")];
