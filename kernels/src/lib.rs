@@ -15,6 +15,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cpu;
 pub mod gemm;
 pub mod linalg;
 pub mod reduce;
