@@ -17,6 +17,7 @@
 
 pub mod cpu;
 pub mod gemm;
+pub mod gemv;
 pub mod linalg;
 pub mod reduce;
 pub mod softmax;
