@@ -173,6 +173,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// # Safety
 /// Pointers valid for the checked lengths; `level` supported; columns `n0..n1` owned by caller.
 #[allow(clippy::too_many_arguments)]
@@ -189,10 +196,10 @@ unsafe fn rows_dispatch<W: WeightElem>(
 ) {
     match level {
         #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => x86::rows_avx512(m, n, k, x, w, y.0, n0, n1),
+        Level::Avx512 => x86::rows_avx512(m, n, k, x, w, y.get(), n0, n1),
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => x86::rows_avx2(m, n, k, x, w, y.0, n0, n1),
-        _ => rows::<portable::Portable, W>(m, n, k, x, w, y.0, n0, n1),
+        Level::Avx2 => x86::rows_avx2(m, n, k, x, w, y.get(), n0, n1),
+        _ => rows::<portable::Portable, W>(m, n, k, x, w, y.get(), n0, n1),
     }
 }
 
@@ -218,51 +225,75 @@ unsafe fn load_w<S: Simd, W: WeightElem>(p: *const W, valid: usize) -> S::V {
     }
 }
 
-/// `G` rows of x against `R` weight rows: `y[g, r] = Σ_k x[g, k]·w[r, k]`.
+/// Adds `Σ_{p<len} x[g, p]·w[r, p]` into the vector accumulators `acc[g][r]` for `G` rows of x
+/// (row stride `ld`) and `R` weight rows (row stride `ld`).
 #[inline(always)]
-unsafe fn tile<S: Simd, W: WeightElem, const R: usize, const G: usize>(
-    k: usize,
+unsafe fn tile_acc<S: Simd, W: WeightElem, const R: usize, const G: usize>(
+    len: usize,
+    ld: usize,
     x: *const f32,
     w: *const W,
-    y: *mut f32,
-    ldy: usize,
+    acc: &mut [[S::V; R]; 4],
 ) {
-    let mut acc = [[S::zero(); R]; G];
+    let mut a: [[S::V; R]; G] = [[S::zero(); R]; G];
+    a.copy_from_slice(&acc[..G]);
     let mut kk = 0;
-    while kk + S::LANES <= k {
+    while kk < len {
+        let valid = (len - kk).min(S::LANES);
         let mut wv = [S::zero(); R];
         for (r, v) in wv.iter_mut().enumerate() {
-            *v = load_w::<S, W>(w.add(r * k + kk), S::LANES);
+            *v = load_w::<S, W>(w.add(r * ld + kk), valid);
         }
-        for (g, a) in acc.iter_mut().enumerate() {
-            let xv = S::load_f32(x.add(g * k + kk), S::LANES);
+        for (g, ag) in a.iter_mut().enumerate() {
+            let xv = S::load_f32(x.add(g * ld + kk), valid);
             for r in 0..R {
-                a[r] = S::fma(wv[r], xv, a[r]);
+                ag[r] = S::fma(wv[r], xv, ag[r]);
             }
         }
         kk += S::LANES;
     }
-    if kk < k {
-        let valid = k - kk;
-        let mut wv = [S::zero(); R];
-        for (r, v) in wv.iter_mut().enumerate() {
-            *v = load_w::<S, W>(w.add(r * k + kk), valid);
-        }
-        for (g, a) in acc.iter_mut().enumerate() {
-            let xv = S::load_f32(x.add(g * k + kk), valid);
-            for r in 0..R {
-                a[r] = S::fma(wv[r], xv, a[r]);
+    acc[..G].copy_from_slice(&a);
+}
+
+/// Depth of a k block for M > 1: x's block (16 rows) and 4 weight rows stay in L1 together.
+const KB: usize = 512;
+
+/// All rows of x against `R` weight rows at `w`, writing `y[g, r]` (row stride `n`).
+#[inline(always)]
+unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: *const f32,
+    w: *const W,
+    y: *mut f32,
+) {
+    let mut acc = [[[S::zero(); R]; 4]; SMALL_M.div_ceil(4)];
+    let groups = m.div_ceil(4);
+    let mut k0 = 0;
+    while k0 < k {
+        let len = (k - k0).min(if m == 1 { k } else { KB });
+        for (grp, a) in acc.iter_mut().enumerate().take(groups) {
+            let xg = x.add(grp * 4 * k + k0);
+            let wk = w.add(k0);
+            match (m - grp * 4).min(4) {
+                4 => tile_acc::<S, W, R, 4>(len, k, xg, wk, a),
+                3 => tile_acc::<S, W, R, 3>(len, k, xg, wk, a),
+                2 => tile_acc::<S, W, R, 2>(len, k, xg, wk, a),
+                _ => tile_acc::<S, W, R, 1>(len, k, xg, wk, a),
             }
         }
+        k0 += len;
     }
-    for (g, a) in acc.iter().enumerate() {
-        for (r, &v) in a.iter().enumerate() {
-            *y.add(g * ldy + r) = S::hsum(v);
+    for i in 0..m {
+        for (r, &v) in acc[i / 4][i % 4].iter().enumerate() {
+            *y.add(i * n + r) = S::hsum(v);
         }
     }
 }
 
-/// Row blocks of 8 weights (M = 1) or 4 weights × groups of 4 rows of x (M > 1) over `n0..n1`.
+/// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: blocks of 8 weight rows for GEMV
+/// (M = 1, pure streaming), 4 rows × groups of 4 x rows otherwise.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows<S: Simd, W: WeightElem>(
@@ -275,72 +306,22 @@ unsafe fn rows<S: Simd, W: WeightElem>(
     n0: usize,
     n1: usize,
 ) {
-    macro_rules! by_rows {
-        ($g:literal, $xg:expr, $yg:expr, $max:literal) => {{
-            let mut j = n0;
-            while j < n1 {
-                let (wj, yj) = (w.add(j * k), $yg.add(j));
-                match (n1 - j).min($max) {
-                    8 => tile::<S, W, 8, $g>(k, $xg, wj, yj, n),
-                    7 => tile::<S, W, 7, $g>(k, $xg, wj, yj, n),
-                    6 => tile::<S, W, 6, $g>(k, $xg, wj, yj, n),
-                    5 => tile::<S, W, 5, $g>(k, $xg, wj, yj, n),
-                    4 => tile::<S, W, 4, $g>(k, $xg, wj, yj, n),
-                    3 => tile::<S, W, 3, $g>(k, $xg, wj, yj, n),
-                    2 => tile::<S, W, 2, $g>(k, $xg, wj, yj, n),
-                    _ => tile::<S, W, 1, $g>(k, $xg, wj, yj, n),
-                }
-                j += (n1 - j).min($max);
-            }
-        }};
-    }
-    if m == 1 {
-        by_rows!(1, x, y, 8);
-        return;
-    }
-    // Weight rows outermost, so each weight block is read from memory once and then from cache
-    // for every group of x rows.
-    const RB: usize = 4;
-    let mut j0 = n0;
-    while j0 < n1 {
-        let j1 = (j0 + RB * 8).min(n1);
-        let mut g0 = 0;
-        while g0 < m {
-            let (xg, yg) = (x.add(g0 * k), y.add(g0 * n));
-            match (m - g0).min(4) {
-                4 => by_rows_range::<S, W, 4>(k, n, xg, w, yg, j0, j1),
-                3 => by_rows_range::<S, W, 3>(k, n, xg, w, yg, j0, j1),
-                2 => by_rows_range::<S, W, 2>(k, n, xg, w, yg, j0, j1),
-                _ => by_rows_range::<S, W, 1>(k, n, xg, w, yg, j0, j1),
-            }
-            g0 += 4;
-        }
-        j0 = j1;
-    }
-}
-
-/// `G` rows of x against weight rows `j0..j1` in blocks of 4.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn by_rows_range<S: Simd, W: WeightElem, const G: usize>(
-    k: usize,
-    n: usize,
-    x: *const f32,
-    w: *const W,
-    y: *mut f32,
-    j0: usize,
-    j1: usize,
-) {
-    let mut j = j0;
-    while j < j1 {
+    let max = if m == 1 { 8 } else { 4 };
+    let mut j = n0;
+    while j < n1 {
         let (wj, yj) = (w.add(j * k), y.add(j));
-        match (j1 - j).min(4) {
-            4 => tile::<S, W, 4, G>(k, x, wj, yj, n),
-            3 => tile::<S, W, 3, G>(k, x, wj, yj, n),
-            2 => tile::<S, W, 2, G>(k, x, wj, yj, n),
-            _ => tile::<S, W, 1, G>(k, x, wj, yj, n),
+        let r = (n1 - j).min(max);
+        match r {
+            8 => weight_block::<S, W, 8>(m, n, k, x, wj, yj),
+            7 => weight_block::<S, W, 7>(m, n, k, x, wj, yj),
+            6 => weight_block::<S, W, 6>(m, n, k, x, wj, yj),
+            5 => weight_block::<S, W, 5>(m, n, k, x, wj, yj),
+            4 => weight_block::<S, W, 4>(m, n, k, x, wj, yj),
+            3 => weight_block::<S, W, 3>(m, n, k, x, wj, yj),
+            2 => weight_block::<S, W, 2>(m, n, k, x, wj, yj),
+            _ => weight_block::<S, W, 1>(m, n, k, x, wj, yj),
         }
-        j += (j1 - j).min(4);
+        j += r;
     }
 }
 

@@ -42,7 +42,7 @@ impl<T: bytemuck::Pod> Buf<T> {
             return None;
         }
         let ptr = map[byte_offset..].as_ptr();
-        if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return None;
         }
         Some(Buf {

@@ -22,17 +22,26 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
 
 /// Index and values of the first element where `|a - b| > atol + rtol·|b|`; NaN equals NaN and
 /// infinities must match exactly.
-pub fn first_mismatch(actual: &[f64], expected: &[f64], atol: f64, rtol: f64) -> Option<(usize, f64, f64)> {
-    actual.iter().zip(expected).enumerate().find_map(|(i, (&a, &b))| {
-        let ok = if a.is_nan() || b.is_nan() {
-            a.is_nan() && b.is_nan()
-        } else if a.is_infinite() || b.is_infinite() {
-            a == b
-        } else {
-            (a - b).abs() <= atol + rtol * b.abs()
-        };
-        (!ok).then_some((i, a, b))
-    })
+pub fn first_mismatch(
+    actual: &[f64],
+    expected: &[f64],
+    atol: f64,
+    rtol: f64,
+) -> Option<(usize, f64, f64)> {
+    actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .find_map(|(i, (&a, &b))| {
+            let ok = if a.is_nan() || b.is_nan() {
+                a.is_nan() && b.is_nan()
+            } else if a.is_infinite() || b.is_infinite() {
+                a == b
+            } else {
+                (a - b).abs() <= atol + rtol * b.abs()
+            };
+            (!ok).then_some((i, a, b))
+        })
 }
 
 /// Panics with the first differing index unless `actual` ≈ `expected` elementwise (same length).

@@ -185,21 +185,37 @@ fn half_types_round_to_nearest_even() {
     // 1 + 2^-9 lies halfway between two bf16 values (1 and 1 + 2^-7? no: spacing at 1 is 2^-7);
     // 1 + 2^-8 is exactly halfway between 1 and 1 + 2^-7, and rounds to the even one, 1.
     let x = Tensor::from_vec(vec![1.0f32 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)], [2]).unwrap();
-    let b = x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
-    assert_eq!(b.to_vec::<f32>().unwrap(), vec![1.0, 1.0 + 2.0 * 2f32.powi(-7)]);
+    let b = x
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    assert_eq!(
+        b.to_vec::<f32>().unwrap(),
+        vec![1.0, 1.0 + 2.0 * 2f32.powi(-7)]
+    );
 }
 
 #[test]
 fn float_to_int_saturates_and_nan_is_zero() {
     let x = Tensor::from_vec(vec![f32::NAN, -1.5, 300.0, 2.9], [4]).unwrap();
-    assert_eq!(x.to_dtype(DType::U8).unwrap().to_vec::<u8>().unwrap(), vec![0, 0, 255, 2]);
-    assert_eq!(x.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(), vec![0, -1, 300, 2]);
+    assert_eq!(
+        x.to_dtype(DType::U8).unwrap().to_vec::<u8>().unwrap(),
+        vec![0, 0, 255, 2]
+    );
+    assert_eq!(
+        x.to_dtype(DType::I64).unwrap().to_vec::<i64>().unwrap(),
+        vec![0, -1, 300, 2]
+    );
 }
 
 #[test]
 fn sigmoid_and_silu_are_stable_at_extremes() {
     let x = Tensor::from_vec(vec![-1000f32, 1000.0], [2]).unwrap();
-    assert_eq!(x.sigmoid().unwrap().to_vec::<f32>().unwrap(), vec![0.0, 1.0]);
+    assert_eq!(
+        x.sigmoid().unwrap().to_vec::<f32>().unwrap(),
+        vec![0.0, 1.0]
+    );
     let s = x.silu().unwrap().to_vec::<f32>().unwrap();
     assert_eq!(s[0], 0.0);
     assert_eq!(s[1], 1000.0);

@@ -184,15 +184,27 @@ fn arange_with_fractional_step() {
 #[test]
 fn randn_is_reproducible_and_standard() {
     // Same seed, same numbers; moments of 100k samples near 0 and 1.
-    let a = Tensor::randn([100_000], 0.0, 1.0, DType::F64, 1234).unwrap().to_vec::<f64>().unwrap();
-    let b = Tensor::randn([100_000], 0.0, 1.0, DType::F64, 1234).unwrap().to_vec::<f64>().unwrap();
+    let a = Tensor::randn([100_000], 0.0, 1.0, DType::F64, 1234)
+        .unwrap()
+        .to_vec::<f64>()
+        .unwrap();
+    let b = Tensor::randn([100_000], 0.0, 1.0, DType::F64, 1234)
+        .unwrap()
+        .to_vec::<f64>()
+        .unwrap();
     assert_eq!(a, b);
     let mean = a.iter().sum::<f64>() / a.len() as f64;
     let var = a.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / a.len() as f64;
-    assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
+    assert!(
+        mean.abs() < 0.02 && (var - 1.0).abs() < 0.02,
+        "mean {mean} var {var}"
+    );
     // Golden values pin the generator across machines and releases: they were computed by an
     // independent Python transcription of xoshiro256++/SplitMix64 (see tensor/tests/rng_golden.py).
-    let c = Tensor::rand([3], 0.0, 1.0, DType::F64, 42).unwrap().to_vec::<f64>().unwrap();
+    let c = Tensor::rand([3], 0.0, 1.0, DType::F64, 42)
+        .unwrap()
+        .to_vec::<f64>()
+        .unwrap();
     assert_eq!(c, rng_golden());
 }
 
@@ -203,7 +215,10 @@ fn rng_golden() -> Vec<f64> {
 #[test]
 fn eye_is_identity() {
     let e = Tensor::eye(3, DType::F32).unwrap();
-    assert_eq!(e.to_vec::<f32>().unwrap(), vec![1., 0., 0., 0., 1., 0., 0., 0., 1.]);
+    assert_eq!(
+        e.to_vec::<f32>().unwrap(),
+        vec![1., 0., 0., 0., 1., 0., 0., 0., 1.]
+    );
 }
 
 #[test]

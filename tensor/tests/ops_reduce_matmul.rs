@@ -145,13 +145,21 @@ fn matmul_large_against_reference() {
     let bv = b.to_vec_f64();
     for &(i, j) in &[(0, 0), (5, 2047), (32, 2099), (17, 1000)] {
         let e: f64 = (0..k).map(|p| av[i * k + p] * bv[j * k + p]).sum();
-        assert!((y[i * n + j] - e).abs() < 1e-3, "({i},{j}): {} vs {e}", y[i * n + j]);
+        assert!(
+            (y[i * n + j] - e).abs() < 1e-3,
+            "({i},{j}): {} vs {e}",
+            y[i * n + j]
+        );
     }
 }
 
 #[test]
 fn softmax_of_masked_row_is_finite() {
-    let x = Tensor::from_vec(vec![f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY], [2, 2]).unwrap();
+    let x = Tensor::from_vec(
+        vec![f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY],
+        [2, 2],
+    )
+    .unwrap();
     let y = x.softmax(-1).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(&y[..2], &[0.0, 1.0]);
 }

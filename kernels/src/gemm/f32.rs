@@ -22,6 +22,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 fn blocking(s: &Spec) -> (usize, usize) {
     // (MC, NC): an A block MC × KC sits in L2, a B block KC × NC in L3.
     (s.mr * 16, s.nr * 128)
@@ -101,7 +108,6 @@ pub fn gemm(
                     let apanels = mc.div_ceil(mr);
                     let pa = buf.get(apanels * mr * kc);
                     pack_a(a, i0, mc, p0, kc, mr, pa);
-                    let c_ptr = c_ptr;
                     for jp in jp0..jp1 {
                         let bpan = packed_b[jp * kc * nr..].as_ptr();
                         let cols = nr.min(nc - jp * nr);
@@ -116,7 +122,7 @@ pub fn gemm(
                                     kc,
                                     pa.as_ptr().add(ip * mr * kc),
                                     bpan,
-                                    c_ptr.0.add((i0 + ip * mr) * n + j0 + jp * nr),
+                                    c_ptr.get().add((i0 + ip * mr) * n + j0 + jp * nr),
                                     n,
                                     rows,
                                     cols,

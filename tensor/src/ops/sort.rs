@@ -32,6 +32,9 @@ fn nan_last<T: PartialOrd>(a: &T, b: &T) -> Ordering {
     }
 }
 
+/// A comparison of (value, index) pairs.
+type PairCmp<T> = dyn Fn(&(T, usize), &(T, usize)) -> Ordering;
+
 /// What to keep of each sorted row.
 #[derive(Clone, Copy)]
 enum Select {
@@ -109,7 +112,7 @@ impl Tensor {
                         Select::Sort { descending: false } => { pairs.sort_by(by); &pairs }
                         Select::Sort { descending: true } => { pairs.sort_by(desc); &pairs }
                         Select::TopK { k, largest } => {
-                            let cmp: &dyn Fn(&(T, usize), &(T, usize)) -> Ordering = if largest { &desc } else { &by };
+                            let cmp: &PairCmp<T> = if largest { &desc } else { &by };
                             if k > 0 && k < n {
                                 pairs.select_nth_unstable_by(k - 1, cmp);
                             }

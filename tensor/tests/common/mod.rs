@@ -34,19 +34,32 @@ pub fn ravel(idx: &[usize], shape: &[usize]) -> usize {
 impl RefT {
     pub fn from_fn(shape: &[usize], mut f: impl FnMut(&[usize]) -> f64) -> RefT {
         let data = (0..numel(shape)).map(|i| f(&unravel(i, shape))).collect();
-        RefT { shape: shape.to_vec(), data }
+        RefT {
+            shape: shape.to_vec(),
+            data,
+        }
     }
     pub fn get(&self, idx: &[usize]) -> f64 {
         self.data[ravel(idx, &self.shape)]
     }
     pub fn map(&self, f: impl Fn(f64) -> f64) -> RefT {
-        RefT { shape: self.shape.clone(), data: self.data.iter().map(|&x| f(x)).collect() }
+        RefT {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&x| f(x)).collect(),
+        }
     }
     /// Value at `idx` of this tensor broadcast to a larger `out` shape.
     pub fn get_broadcast(&self, idx: &[usize], out: &[usize]) -> f64 {
         let extra = out.len() - self.shape.len();
-        let own: Vec<usize> =
-            (0..self.shape.len()).map(|d| if self.shape[d] == 1 { 0 } else { idx[extra + d] }).collect();
+        let own: Vec<usize> = (0..self.shape.len())
+            .map(|d| {
+                if self.shape[d] == 1 {
+                    0
+                } else {
+                    idx[extra + d]
+                }
+            })
+            .collect();
         self.get(&own)
     }
 }
@@ -56,8 +69,16 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -75,7 +96,9 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed ^ 0x9E37_79B9_7F4A_7C15;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) % 128) as f32 / 16.0 - 4.0
         })
         .collect()
@@ -108,7 +131,12 @@ pub enum View {
 }
 
 pub fn view() -> impl Strategy<Value = View> {
-    prop_oneof![Just(View::Contiguous), Just(View::Transposed), Just(View::Narrowed), Just(View::Broadcast)]
+    prop_oneof![
+        Just(View::Contiguous),
+        Just(View::Transposed),
+        Just(View::Narrowed),
+        Just(View::Broadcast)
+    ]
 }
 
 /// Builds the tensor (in `dtype`) and its reference for `shape` laid out as `view`.
@@ -121,9 +149,15 @@ pub fn make(shape: &[usize], view: View, seed: u64, dtype: DType) -> (Tensor, Re
     };
     let build = |base_shape: &[usize]| {
         let v = values(numel(base_shape), seed);
-        let t = Tensor::from_vec(v.clone(), base_shape).unwrap().to_dtype(dtype).unwrap();
+        let t = Tensor::from_vec(v.clone(), base_shape)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         // The reference holds exactly the values stored (after rounding to dtype).
-        let r = RefT { shape: base_shape.to_vec(), data: t.to_vec_f64() };
+        let r = RefT {
+            shape: base_shape.to_vec(),
+            data: t.to_vec_f64(),
+        };
         (t, r)
     };
     match view {
@@ -190,10 +224,16 @@ pub fn float_dtype() -> impl Strategy<Value = DType> {
 pub fn check(t: &Tensor, r: &RefT, scale: f64) -> Result<(), TestCaseError> {
     prop_assert_eq!(t.dims(), &r.shape[..]);
     let (atol, rtol) = shears_tensor::test_util::tolerance(t.dtype());
-    if let Some((i, a, b)) =
-        shears_tensor::test_util::first_mismatch(&t.to_vec_f64(), &r.data, atol * scale, rtol * scale)
-    {
-        return Err(TestCaseError::fail(format!("element {i}: got {a}, expected {b} ({:?})", t.dtype())));
+    if let Some((i, a, b)) = shears_tensor::test_util::first_mismatch(
+        &t.to_vec_f64(),
+        &r.data,
+        atol * scale,
+        rtol * scale,
+    ) {
+        return Err(TestCaseError::fail(format!(
+            "element {i}: got {a}, expected {b} ({:?})",
+            t.dtype()
+        )));
     }
     Ok(())
 }
