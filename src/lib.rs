@@ -1,3 +1,8 @@
 //! shears: make LLaMA-family models sparse and fast, in pure Rust.
 pub use shears_kernels as kernels;
 pub use shears_tensor as tensor;
+
+/// The README's example, compiled and run as a doc test so the front door stays correct.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
