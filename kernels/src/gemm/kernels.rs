@@ -120,6 +120,12 @@ mod x86 {
     ) {
         const MR: usize = 12;
         const NR: usize = 32;
+        // Pull the C tile toward L1 while the k loop runs: its rows are far apart in memory and
+        // would otherwise miss when the tile is stored.
+        for i in 0..rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 16) as *const i8);
+        }
         let mut t = [[_mm512_setzero_ps(); 2]; MR];
         let mut ap = a;
         let mut bp = b;
@@ -176,6 +182,10 @@ mod x86 {
     ) {
         const MR: usize = 6;
         const NR: usize = 16;
+        for i in 0..rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * ldc + 8) as *const i8);
+        }
         let mut t = [[_mm256_setzero_ps(); 2]; MR];
         let mut ap = a;
         let mut bp = b;

@@ -247,10 +247,11 @@ mod tests {
 
     #[test]
     fn f32_gemm_large_crosses_every_block() {
-        // k > KC, n > NC (4096 at AVX-512), m > MC: one large case per level, both layouts.
+        // k > KC (1024), n > NC (2048 at AVX-512), m > MC (96): one large case per level, both
+        // layouts.
         for level in cpu::available() {
             for tb in [false, true] {
-                check_level(level, 2, 200, 4096 + 33, 300, false, tb, 7).unwrap();
+                check_level(level, 2, 101, 2048 + 33, 1024 + 37, false, tb, 7).unwrap();
             }
         }
     }
