@@ -67,7 +67,27 @@ pub fn gemm<T: Float>(m: usize, n: usize, k: usize, a: MatRef<T>, b: MatRef<T>, 
                 std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len()),
             )
         };
-        return self::f32::gemm(crate::cpu::level(), m, n, k, a, b, c);
+        let level = crate::cpu::level();
+        // A few rows times the transpose of a row-major [N, K] weight (`x · Wᵀ`, the decode
+        // shape): the row-streaming kernel reads the weight once, without packing it.
+        if m <= crate::gemv::SMALL_M
+            && k > 0
+            && a.cs == 1
+            && (m == 1 || a.rs == k)
+            && b.rs == 1
+            && b.cs == k
+        {
+            return crate::gemv::matmul_nt_with(
+                level,
+                m,
+                n,
+                k,
+                &a.data[..m * k],
+                &b.data[..n * k],
+                c,
+            );
+        }
+        return self::f32::gemm(level, m, n, k, a, b, c);
     }
     gemm_generic(m, n, k, a, b, c)
 }
@@ -226,6 +246,22 @@ mod tests {
         fn f32_gemm_matches_ref_at_every_level(m in dims(), n in dims(), k in dims(), ta: bool, tb: bool, seed: u64, two: bool) {
             for level in cpu::available() {
                 check_level(level, if two { 2 } else { 1 }, m, n, k, ta, tb, seed)?;
+            }
+        }
+
+        #[test]
+        fn dispatched_f32_gemm_matches_ref(m in 0usize..20, n in dims(), k in dims(), ta: bool, tb: bool, seed: u64) {
+            // Through `gemm`, which sends few rows times a transposed weight to `gemv`.
+            let a = fill(m * k, seed);
+            let b = fill(k * n, seed ^ 0x5A5A);
+            let am = if ta { MatRef::new(&a, 1, m) } else { MatRef::new(&a, k, 1) };
+            let bm = if tb { MatRef::new(&b, 1, k) } else { MatRef::new(&b, n, 1) };
+            let mut c = vec![f32::NAN; m * n];
+            let mut r = vec![0f32; m * n];
+            gemm(m, n, k, am, bm, &mut c);
+            gemm_ref(m, n, k, am, bm, &mut r);
+            for (x, y) in c.iter().zip(&r) {
+                prop_assert!((x - y).abs() <= 1e-5 * (k as f32 + 1.0), "{x} vs {y}");
             }
         }
 

@@ -87,10 +87,15 @@ pub(crate) fn pack_b_panel(
         }
     } else if b.rs == 1 {
         // B is the transpose of a row-major [N, K] weight: each column is a contiguous row.
-        for j in 0..cols {
-            let s = (j0 + j) * b.cs + p0;
-            for (p, &v) in b.data[s..s + kc].iter().enumerate() {
-                dst[p * nr + j] = v;
+        // Transpose in k chunks so the destination block being filled stays in L1.
+        const PB: usize = 64;
+        for pc in (0..kc).step_by(PB) {
+            let pl = PB.min(kc - pc);
+            for j in 0..cols {
+                let s = (j0 + j) * b.cs + p0 + pc;
+                for (p, &v) in b.data[s..s + pl].iter().enumerate() {
+                    dst[(pc + p) * nr + j] = v;
+                }
             }
         }
     } else {
