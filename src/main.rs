@@ -3,7 +3,10 @@
 //! ```text
 //! shears inspect model.safetensors            # table of name, dtype, shape, bytes + totals
 //! shears inspect path/to/checkpoint-dir --json  # one JSON object per tensor per line
+//! shears bench kernels [--json] [--quick]       # kernel speeds next to the machine's limits
 //! ```
+
+mod bench;
 
 use clap::{Args, Parser, Subcommand};
 use shears::tensor::io::{self, Header};
@@ -22,6 +25,8 @@ struct Cli {
 enum Command {
     /// List a checkpoint's tensors (name, dtype, shape, bytes) without reading their data.
     Inspect(InspectArgs),
+    /// Time kernels and compare them with this machine's limits.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,8 +18,10 @@
 #![allow(clippy::too_many_arguments)]
 
 pub mod cpu;
+pub mod fused;
 pub mod gemm;
 pub mod gemv;
+pub mod limits;
 pub mod linalg;
 pub mod reduce;
 pub mod softmax;

@@ -188,6 +188,12 @@ impl Tensor {
         };
         let n = x.dims()[last];
         let out = match x.float_values(op)? {
+            FloatData::F32(v) if !log => {
+                // The SIMD kernel (vectorised exp), tested against its reference in kernels.
+                let mut out = vec![0f32; v.len()];
+                shears_kernels::fused::softmax_rows(&v, n, &mut out);
+                FloatOut::F32(out)
+            }
             FloatData::F32(v) => FloatOut::F32(rows(&v, n, log)),
             FloatData::F64(v) => FloatOut::F64(rows(&v, n, log)),
         };

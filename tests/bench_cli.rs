@@ -1,0 +1,124 @@
+//! `shears bench kernels` run as a script would: every stdout line of `--json` is one object with
+//! the documented fields and positive numbers; the table form and bad arguments behave.
+
+use std::process::{Command, Output};
+
+fn shears(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(args)
+        .output()
+        .expect("the shears binary runs")
+}
+
+fn positive(v: &serde_json::Value, key: &str, line: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {line}"));
+    assert!(x.is_finite() && x > 0.0, "{key} = {x} in {line}");
+    x
+}
+
+#[test]
+fn json_lines_have_the_fields_and_positive_numbers() {
+    let o = shears(&[
+        "bench",
+        "kernels",
+        "--json",
+        "--quick",
+        "--only-small",
+        "--threads",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("bench: gemm"),
+        "progress goes to stderr: {err}"
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 3, "{out}");
+
+    let first: serde_json::Value = serde_json::from_str(lines[0]).expect("first line is JSON");
+    assert_eq!(first["kernel"], "limits", "{}", lines[0]);
+    positive(&first, "fma_gflops", lines[0]);
+    positive(&first, "read_gbps", lines[0]);
+    assert_eq!(first["threads"], 2);
+    let level = first["level"].as_str().expect("level is a string");
+    assert!(["portable", "avx2", "avx512"].contains(&level), "{level}");
+
+    let mut kernels = std::collections::BTreeSet::new();
+    let mut dtypes = std::collections::BTreeSet::new();
+    for line in &lines[1..] {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
+        let kernel = v["kernel"].as_str().expect("kernel is a string");
+        assert!(["gemm", "matmul_nt"].contains(&kernel), "{line}");
+        kernels.insert(kernel.to_string());
+        dtypes.insert(v["dtype"].as_str().expect("dtype is a string").to_string());
+        for key in ["m", "k", "n", "threads"] {
+            assert!(v[key].as_u64().is_some_and(|x| x > 0), "{key} in {line}");
+        }
+        assert_eq!(v["threads"], 2, "{line}");
+        assert_eq!(v["level"], level, "{line}");
+        let seconds = positive(&v, "seconds", line);
+        let gflops = positive(&v, "gflops", line);
+        positive(&v, "gbps", line);
+        positive(&v, "peak_fraction", line);
+        let (m, k, n) = (
+            v["m"].as_f64().unwrap(),
+            v["k"].as_f64().unwrap(),
+            v["n"].as_f64().unwrap(),
+        );
+        let want = 2.0 * m * k * n / seconds / 1e9;
+        assert!((gflops - want).abs() <= 1e-6 * want, "{line}");
+    }
+    assert_eq!(kernels.len(), 2, "{kernels:?}");
+    assert!(
+        ["f32", "bf16", "f16"].iter().all(|d| dtypes.contains(*d)),
+        "{dtypes:?}"
+    );
+}
+
+#[test]
+fn table_lists_limits_then_shapes() {
+    let o = shears(&[
+        "bench",
+        "kernels",
+        "--quick",
+        "--only-small",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let mut lines = out.lines();
+    assert!(
+        lines.next().unwrap().starts_with("limits (1 thread,"),
+        "{out}"
+    );
+    let header = lines.next().unwrap();
+    for title in ["kernel", "dtype", "GFLOP/s", "GB/s", "of peak"] {
+        assert!(header.contains(title), "{header}");
+    }
+    assert!(out.contains("matmul_nt  bf16"), "{out}");
+}
+
+#[test]
+fn zero_threads_is_an_error() {
+    let o = shears(&["bench", "kernels", "--threads", "0", "--only-small"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error: --threads"));
+}
+
+#[test]
+fn help_lists_kernels_and_hides_only_small() {
+    let o = shears(&["bench", "--help"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kernels"));
+    let o = shears(&["bench", "kernels", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in ["--json", "--threads", "--quick", "--level"] {
+        assert!(help.contains(flag), "{help}");
+    }
+    assert!(!help.contains("only-small"), "{help}");
+}
