@@ -76,6 +76,7 @@ pub fn gemm(
     };
     let c_ptr = SendPtr(c.as_mut_ptr());
     let mut bbuf = AlignedBuf::new();
+    let mut abuf = AlignedBuf::new();
     for j0 in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - j0);
         let panels = nc.div_ceil(nr);
@@ -91,28 +92,41 @@ pub fn gemm(
                 packed_b.chunks_mut(kc * nr).enumerate().for_each(pack);
             }
             let packed_b = &*packed_b;
-            // Tasks: M blocks × groups of B panels, at least 4 per thread when the shape allows.
+            // Tasks: M blocks × groups of B panels. When there are few M blocks, B panels are
+            // split too, finely enough to balance the threads (a task is a fraction of a
+            // millisecond), and A is packed once up front and shared instead of per task.
             let mblocks = m.div_ceil(mc_max);
-            let want = if threads > 1 { 4 * threads } else { 1 };
+            let want = if threads > 1 { 8 * threads } else { 1 };
             let nsplit = if mblocks >= want {
                 1
             } else {
                 want.div_ceil(mblocks).min(panels)
             };
             let per = panels.div_ceil(nsplit);
+            let nsplit = panels.div_ceil(per);
+            let apanels_all = |mc: usize| mc.div_ceil(mr) * mr * kc;
+            let shared_a = (nsplit > 1).then(|| {
+                let block = apanels_all(mc_max);
+                let buf = abuf.get(mblocks * block);
+                let pack = |(mb, dst): (usize, &mut [f32])| {
+                    let i0 = mb * mc_max;
+                    let mc = mc_max.min(m - i0);
+                    pack_a(a, i0, mc, p0, kc, mr, &mut dst[..apanels_all(mc)])
+                };
+                if threads > 1 {
+                    buf.par_chunks_mut(block).enumerate().for_each(pack);
+                } else {
+                    buf.chunks_mut(block).enumerate().for_each(pack);
+                }
+                (&*buf, block)
+            });
             let task = |t: usize| {
                 let (mb, sp) = (t / nsplit, t % nsplit);
                 let i0 = mb * mc_max;
                 let mc = mc_max.min(m - i0);
                 let (jp0, jp1) = (sp * per, ((sp + 1) * per).min(panels));
-                if jp0 >= jp1 {
-                    return;
-                }
-                A_BUF.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    let apanels = mc.div_ceil(mr);
-                    let pa = buf.get(apanels * mr * kc);
-                    pack_a(a, i0, mc, p0, kc, mr, pa);
+                let apanels = mc.div_ceil(mr);
+                let run = |pa: &[f32]| {
                     for jp in jp0..jp1 {
                         let bpan = packed_b[jp * kc * nr..].as_ptr();
                         let cols = nr.min(nc - jp * nr);
@@ -136,7 +150,16 @@ pub fn gemm(
                             }
                         }
                     }
-                })
+                };
+                match shared_a {
+                    Some((buf, block)) => run(&buf[mb * block..mb * block + apanels_all(mc)]),
+                    None => A_BUF.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        let pa = buf.get(apanels_all(mc));
+                        pack_a(a, i0, mc, p0, kc, mr, pa);
+                        run(pa)
+                    }),
+                }
             };
             if threads > 1 {
                 (0..mblocks * nsplit).into_par_iter().for_each(task);

@@ -49,7 +49,22 @@ pub(crate) fn pack_a(
         if rows < mr {
             dst.fill(0.0);
         }
-        for i in 0..rows {
+        let mut first = 0;
+        #[cfg(target_arch = "x86_64")]
+        if a.cs == 1 && crate::cpu::Level::Avx2.is_supported() {
+            // Groups of 8 rows through 8 × 8 register transposes.
+            while first + 8 <= rows {
+                let src = &a.data[(i0 + panel * mr + first) * a.rs + p0..];
+                assert!(7 * a.rs + kc <= src.len(), "pack_a: source too short");
+                // SAFETY: AVX2 is supported; the 8 source rows hold kc elements at stride a.rs
+                // (asserted); dst holds kc·mr elements and first + 8 <= mr.
+                unsafe {
+                    x86::transpose8_block(src.as_ptr(), a.rs, kc, dst.as_mut_ptr().add(first), mr)
+                };
+                first += 8;
+            }
+        }
+        for i in first..rows {
             let row = i0 + panel * mr + i;
             if a.cs == 1 {
                 let src = &a.data[row * a.rs + p0..row * a.rs + p0 + kc];
