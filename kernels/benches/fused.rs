@@ -12,15 +12,7 @@ use shears_kernels::fused::*;
 use std::time::Duration;
 
 fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-        })
-        .collect()
+    shears_kernels::testing::lcg_values(n, seed, scale)
 }
 
 /// Benchmarks one kernel over `elems` elements: `f(Some(level))` runs the fast kernel at `level`

@@ -24,15 +24,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    shears_kernels::testing::lcg_values(n, seed, 1.0)
 }
 
 type GemmFn = fn(usize, usize, usize, MatRef<f32>, MatRef<f32>, &mut [f32]);

@@ -19,6 +19,7 @@
 
 use crate::cpu::{self, Level};
 use crate::gemm::{self, MatRef};
+use crate::send_ptr::{SendConstPtr, SendPtr};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -183,31 +184,6 @@ fn large_m<W: WeightElem>(
         for i in 0..m {
             y[i * n + n0..i * n + n0 + nb].copy_from_slice(&tmp[i * nb..(i + 1) * nb]);
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendConstPtr(*const f32);
-// SAFETY: shared read-only input.
-unsafe impl Send for SendConstPtr {}
-unsafe impl Sync for SendConstPtr {}
-
-impl SendConstPtr {
-    fn get(self) -> *const f32 {
-        self.0
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint columns of y.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -594,15 +570,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::testing::lcg_values(n, seed, 1.0)
     }
 
     fn check<W: WeightElem>(

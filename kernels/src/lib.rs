@@ -24,7 +24,10 @@ pub mod gemv;
 pub mod limits;
 pub mod linalg;
 pub mod reduce;
+mod send_ptr;
 pub mod softmax;
+#[doc(hidden)]
+pub mod testing;
 
 /// The float types the kernels compute in.
 pub trait Float:

@@ -61,15 +61,7 @@ pub(crate) mod test_util {
 
     /// `n` deterministic values uniform in `[-scale/2, scale/2)`.
     pub(crate) fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-            })
-            .collect()
+        crate::testing::lcg_values(n, seed, scale)
     }
 
     /// A rayon pool of `threads` threads.

@@ -6,6 +6,7 @@ use super::kernels::{spec, Spec};
 use super::pack::{pack_a, pack_b_panel, AlignedBuf};
 use super::MatRef;
 use crate::cpu::Level;
+use crate::send_ptr::SendPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -18,19 +19,6 @@ const KC: usize = 1024;
 
 thread_local! {
     static A_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::new());
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint tiles of C through this pointer (see `gemm`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 fn blocking(s: &Spec) -> (usize, usize) {

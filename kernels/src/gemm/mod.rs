@@ -190,15 +190,7 @@ mod tests {
     }
 
     fn fill(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::testing::lcg_values(n, seed, 1.0)
     }
 
     fn check_level(
