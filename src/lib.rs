@@ -1,4 +1,5 @@
 //! shears: make LLaMA-family models sparse and fast, in pure Rust.
+pub use shears_autograd as autograd;
 pub use shears_kernels as kernels;
 pub use shears_tensor as tensor;
 
