@@ -76,29 +76,12 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// The inputs, by value (used to unlink a graph without recursion).
+    /// The inputs, by value (used to unlink a graph without recursion: the returned handles keep
+    /// the input nodes alive while `self` is dropped).
     pub(crate) fn into_inputs(self) -> Vec<Var> {
-        match self {
-            Op::Leaf => vec![],
-            Op::Unary(x, _)
-            | Op::Affine(x, _)
-            | Op::PowScalar(x, _)
-            | Op::Sum(x, ..)
-            | Op::Mean(x, ..)
-            | Op::Max(x, ..)
-            | Op::Min(x, ..)
-            | Op::Softmax(x, ..)
-            | Op::LogSoftmax(x, ..)
-            | Op::Reshape(x)
-            | Op::Transpose(x, ..)
-            | Op::Permute(x, _)
-            | Op::Narrow(x, ..)
-            | Op::BroadcastAs(x)
-            | Op::IndexSelect(x, ..)
-            | Op::Gather(x, ..) => vec![x],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::WhereCond(_, a, b) => vec![a, b],
-            Op::Cat(xs, _) => xs,
-        }
+        let mut inputs = Vec::new();
+        self.for_each_input(|x| inputs.push(x.clone()));
+        inputs
     }
     /// Calls `f` on every input of the op.
     pub(crate) fn for_each_input(&self, mut f: impl FnMut(&Var)) {
