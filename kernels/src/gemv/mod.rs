@@ -338,7 +338,7 @@ unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
 }
 
 /// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: blocks of 8 weight rows for GEMV
-/// (M = 1, pure streaming), 4 rows × groups of 4 x rows otherwise.
+/// (M = 1, pure streaming), 6 weight rows × groups of 4 x rows otherwise.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows<S: Simd, W: WeightElem>(
