@@ -4,7 +4,9 @@
 //! Ops record a node only when an input requires a gradient, so inference on constants pays one
 //! branch per op. [`Var::backward`] walks the graph once in reverse and returns [`Grads`], one
 //! gradient per parameter. Every rule lives in one exhaustive `match` (the `backward` module) and
-//! is checked against f64 central finite differences in `tests/gradcheck.rs`.
+//! is checked against f64 central finite differences in `tests/gradcheck.rs`. The [`optim`]
+//! module holds the optimizers (SGD, AdamW with masks), gradient clipping, learning-rate
+//! schedules and resumable checkpoints.
 //!
 //! One step of gradient descent on a linear regression `y ≈ x·w + b`:
 //!
@@ -32,6 +34,7 @@
 mod backward;
 pub mod nn;
 mod ops;
+pub mod optim;
 mod var;
 
 pub use var::{is_grad_enabled, no_grad, Grads, Var, VarId};
