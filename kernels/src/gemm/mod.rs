@@ -1,9 +1,10 @@
 //! General matrix multiply `C = A · B` over strided operands, so either operand can be a
 //! transposed view without a copy.
 //!
-//! For f32, [`gemm`] runs the packed, cache-blocked, register-tiled kernels of [`f32`](self::f32)
-//! at the SIMD level chosen at run time ([`crate::cpu::level`]), split over rayon's threads. Other
-//! float types use [`gemm_generic`], a simpler blocked loop the compiler vectorises.
+//! For f32, [`gemm`] runs the packed, cache-blocked, register-tiled kernels of the
+//! [`f32` module](self::f32) at the SIMD level chosen at run time ([`crate::cpu::level`]), split
+//! over rayon's threads. Other float types use [`gemm_generic`], a simpler blocked loop the
+//! compiler vectorises.
 //! [`gemm_ref`] is the plain triple loop both are tested against.
 
 pub mod f32;
