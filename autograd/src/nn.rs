@@ -24,6 +24,67 @@ pub fn rms_norm(x: &Var, weight: &Var, eps: f64) -> Result<Var> {
     x.mul(&inv_rms)?.mul(weight)
 }
 
+/// How the two halves of each rotated pair are laid out in a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pairs `(i, i + d/2)`: Hugging Face LLaMA's `rotate_half`.
+    HalfSplit,
+    /// Pairs `(2i, 2i + 1)`: Meta's original LLaMA code and GGUF.
+    Interleaved,
+}
+
+/// Rotary position embedding (Su et al. 2021, eq. 34) composed from primitives, so its gradient
+/// comes from theirs: each pair `(a, b)` of the last dim becomes
+/// `(a·cos − b·sin, b·cos + a·sin)`.
+///
+/// `x: (.., seq, head_dim)` with `head_dim` even; `cos`, `sin`: `(seq, head_dim/2)` constants
+/// (row `t` holds the angles of the position of `x`'s row `t`) → same shape as `x`.
+pub fn rope(x: &Var, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Var> {
+    const OP: &str = "rope";
+    let dims = x.dims().to_vec();
+    let d = *dims.last().unwrap_or(&0);
+    if dims.len() < 2 || d % 2 != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "x must be (.., seq, head_dim) with an even head_dim, got {:?}",
+                dims
+            ),
+        ));
+    }
+    let h = d / 2;
+    let seq = dims[dims.len() - 2];
+    if cos.dims() != [seq, h] || sin.dims() != [seq, h] {
+        return Err(Error::shape_msg(
+            OP,
+            cos.shape(),
+            sin.shape(),
+            format!("cos and sin must be [{seq}, {h}]"),
+        ));
+    }
+    let (c, s) = (Var::constant(cos.clone()), Var::constant(sin.clone()));
+    let rotate = |a: &Var, b: &Var| -> Result<(Var, Var)> {
+        Ok((a.mul(&c)?.sub(&b.mul(&s)?)?, b.mul(&c)?.add(&a.mul(&s)?)?))
+    };
+    match layout {
+        RopeLayout::HalfSplit => {
+            let (o1, o2) = rotate(&x.narrow(-1, 0, h)?, &x.narrow(-1, h, h)?)?;
+            Var::cat(&[&o1, &o2], -1)
+        }
+        RopeLayout::Interleaved => {
+            let mut pairs = dims.clone();
+            pairs.pop();
+            pairs.extend([h, 2]);
+            let xp = x.reshape(pairs)?;
+            let (o1, o2) = rotate(
+                &xp.narrow(-1, 0, 1)?.squeeze(-1)?,
+                &xp.narrow(-1, 1, 1)?.squeeze(-1)?,
+            )?;
+            Var::stack(&[&o1, &o2], -1)?.reshape(dims)
+        }
+    }
+}
+
 /// SiLU (a.k.a. swish), `x · σ(x)`, elementwise.
 pub fn silu(x: &Var) -> Result<Var> {
     x.silu()

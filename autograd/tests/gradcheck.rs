@@ -352,6 +352,14 @@ proptest! {
     }
 
     #[test]
+    fn rope_composite(interleaved: bool, batch in 1usize..3, seq in 1usize..4, half in 1usize..4, seed in any::<u64>()) {
+        let layout = if interleaved { nn::RopeLayout::Interleaved } else { nn::RopeLayout::HalfSplit };
+        let cos = normal(&[seq, half], seed ^ 7);
+        let sin = normal(&[seq, half], seed ^ 9);
+        pc(check_grad(|v| nn::rope(&v[0], &cos, &sin, layout), &[normal(&[batch, seq, 2 * half], seed)]))?;
+    }
+
+    #[test]
     fn composites(op in 0usize..4, rows in 1usize..4, cols in 1usize..5, ignore in any::<bool>(), t in 0.5f64..4.0, seed in any::<u64>()) {
         let x = normal(&[rows, cols], seed);
         let y = normal(&[rows, cols], seed ^ 1);
@@ -619,5 +627,33 @@ fn f32_gradients_match_f64() {
     let (lo, hi) = (grads_in(DType::F32), grads_in(DType::F64));
     for (a, b) in lo.iter().zip(&hi) {
         shears_tensor::test_util::assert_close(a, b, 1e-5, 1e-4);
+    }
+}
+
+/// The rope composite equals the fused kernel's reference (`shears_kernels::fused::rope_ref`)
+/// for both layouts, with real angle tables.
+#[test]
+fn rope_matches_the_kernel_reference() {
+    use shears_kernels::fused::{rope_ref, rope_tables, RopeLayout as K};
+    let (seq, d) = (5, 8);
+    let (cos, sin) = rope_tables(d, seq, 10000.0);
+    let x = Tensor::randn([seq, d], 0.0, 1.0, DType::F32, 3).unwrap();
+    for (layout, k) in [
+        (nn::RopeLayout::HalfSplit, K::HalfSplit),
+        (nn::RopeLayout::Interleaved, K::Interleaved),
+    ] {
+        let c = Tensor::from_vec(cos.clone(), [seq, d / 2]).unwrap();
+        let s = Tensor::from_vec(sin.clone(), [seq, d / 2]).unwrap();
+        let got = nn::rope(&Var::constant(x.clone()), &c, &s, layout)
+            .unwrap()
+            .tensor()
+            .to_vec::<f32>()
+            .unwrap();
+        let mut want = x.to_vec::<f32>().unwrap();
+        let positions: Vec<usize> = (0..seq).collect();
+        rope_ref(&mut want, 1, d, &positions, &cos, &sin, k);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6, "{layout:?}: {a} vs {b}");
+        }
     }
 }
