@@ -43,7 +43,7 @@ pub fn rope(x: &Var, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<V
     const OP: &str = "rope";
     let dims = x.dims().to_vec();
     let d = *dims.last().unwrap_or(&0);
-    if dims.len() < 2 || d % 2 != 0 {
+    if dims.len() < 2 || !d.is_multiple_of(2) {
         return Err(Error::invalid(
             OP,
             format!(
