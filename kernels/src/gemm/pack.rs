@@ -64,6 +64,15 @@ pub(crate) fn pack_a(
                 first += 8;
             }
         }
+        if a.rs == 1 && a.cs != 1 {
+            // A is a transposed (column-major) view: the panel's rows at one column are
+            // contiguous.
+            for p in 0..kc {
+                let src = (i0 + panel * mr) + (p0 + p) * a.cs;
+                dst[p * mr..p * mr + rows].copy_from_slice(&a.data[src..src + rows]);
+            }
+            continue;
+        }
         for i in first..rows {
             let row = i0 + panel * mr + i;
             if a.cs == 1 {
