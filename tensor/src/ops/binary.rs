@@ -213,7 +213,7 @@ impl Tensor {
         }
         Ok(out)
     }
-    /// Converts a mask or any tensor to 0/1 in `dtype` (non-zero → 1).
+    /// A u8 mask that is 1 where the element is non-zero, any dtype.
     pub fn ne_zero(&self) -> Result<Tensor> {
         self.cmp_scalar(0.0, CmpOp::Ne)
     }

@@ -16,8 +16,8 @@ use crate::storage::{map_cpu, CpuStorage};
 use crate::{Dim, Error, Result, Shape, Tensor, WithDType};
 
 impl Tensor {
-    /// The same elements with a new shape (one dim may be given as `usize::MAX` to be inferred…
-    /// use [`Tensor::reshape_infer`] for `-1`). A view when the strides allow, else a copy.
+    /// The same elements with a new shape: a view when the strides allow it, else a copy (use
+    /// [`Tensor::reshape_infer`] to give one dim as `-1`).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.elem_count() != self.elem_count() {
