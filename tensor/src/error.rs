@@ -176,6 +176,37 @@ pub enum Error {
         msg: String,
     },
 
+    /// A model configuration (`config.json`, GGUF metadata) that is missing a field, holds a bad
+    /// value, or asks for something shears does not implement.
+    #[error("{}: {msg}", path.display())]
+    Config {
+        /// The file the configuration came from.
+        path: PathBuf,
+        /// What is missing or wrong.
+        msg: String,
+    },
+    /// A feature of a checkpoint or request that shears does not support (an architecture, a
+    /// quantization type, a tokenizer model), named so the user knows what to change.
+    #[error("unsupported {what}")]
+    Unsupported {
+        /// What is not supported, e.g. "architecture `falcon` (supported: llama)".
+        what: String,
+    },
+    /// The tokenizer could not be built, or failed to encode or decode.
+    #[error("tokenizer: {msg}")]
+    Tokenizer {
+        /// What went wrong.
+        msg: String,
+    },
+    /// Downloading an asset failed (network error, unexpected HTTP status, checksum mismatch).
+    #[error("fetch {url}: {msg}")]
+    Fetch {
+        /// The URL, or the asset's name.
+        url: String,
+        /// What went wrong.
+        msg: String,
+    },
+
     // ---- gpu ----
     /// An error from the GPU backend (reserved for the wgpu device).
     #[error("gpu: {0}")]
