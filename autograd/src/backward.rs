@@ -158,16 +158,10 @@ fn unary_derivative(f: UFn, x: &Tensor) -> Result<Tensor> {
             let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
             cdf + v * pdf
         }),
-        // σ' = σ(1 − σ)
-        UFn::Sigmoid => {
-            let s = x.sigmoid()?;
-            s.mul(&s.affine(-1.0, 1.0)?)
-        }
-        // (xσ)' = σ(1 + x(1 − σ))
-        UFn::Silu => {
-            let s = x.sigmoid()?;
-            s.mul(&x.mul(&s.affine(-1.0, 1.0)?)?.add_scalar(1.0)?)
-        }
+        // σ' = σ(1 − σ) and (xσ)' = σ(1 + x(1 − σ)), times g in the same pass
+        // (`Tensor::sigmoid_grad`, `Tensor::silu_grad`); `propagate` calls those directly.
+        UFn::Sigmoid => x.sigmoid_grad(&x.ones_like()?),
+        UFn::Silu => x.silu_grad(&x.ones_like()?),
         UFn::Sqr => x.mul_scalar(2.0),
     }
 }
@@ -197,6 +191,9 @@ pub(crate) fn propagate(op: &Op, g: Tensor, pending: &mut HashMap<u64, Tensor>) 
     let mut acc = |v: &Var, grad: Tensor| accumulate(pending, v, grad);
     match op {
         Op::Leaf => Ok(()),
+        // σ and SiLU fuse `g ⊙ f'(x)` into one pass instead of materialising f'(x).
+        Op::Unary(x, UFn::Sigmoid) => acc(x, x.tensor().sigmoid_grad(&g)?),
+        Op::Unary(x, UFn::Silu) => acc(x, x.tensor().silu_grad(&g)?),
         Op::Unary(x, f) => acc(x, g.mul(&unary_derivative(*f, x.tensor())?)?),
         Op::Binary(a, b, f) => {
             let (ta, tb) = (a.tensor(), b.tensor());

@@ -67,6 +67,30 @@ impl Layout {
     pub fn offsets(&self) -> StridedOffsets<'_> {
         StridedOffsets::new(self)
     }
+    /// The same walk with size-1 dims dropped and neighbouring dims merged where the outer one
+    /// steps exactly over the inner one (`stride[d] == stride[d + 1] · dims[d + 1]`), as
+    /// `(dims, strides)`: a contiguous layout becomes one dim of stride 1, a broadcast of one
+    /// element one dim of stride 0, a transposed matrix stays two dims.
+    pub(crate) fn merged(&self) -> (Vec<usize>, Vec<usize>) {
+        let mut dims: Vec<usize> = Vec::with_capacity(self.strides.len());
+        let mut strides: Vec<usize> = Vec::with_capacity(self.strides.len());
+        for (&d, &s) in self.shape.dims().iter().zip(&self.strides) {
+            if d == 1 {
+                continue;
+            }
+            match (dims.last_mut(), strides.last_mut()) {
+                (Some(ld), Some(ls)) if *ls == s * d => {
+                    *ld *= d;
+                    *ls = s;
+                }
+                _ => {
+                    dims.push(d);
+                    strides.push(s);
+                }
+            }
+        }
+        (dims, strides)
+    }
     /// The storage index of one logical position.
     pub fn offset_of(&self, index: &[usize]) -> usize {
         self.offset

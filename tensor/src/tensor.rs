@@ -139,7 +139,7 @@ impl Tensor {
         let s = T::slice(self.cpu()).expect("values: dtype checked by caller");
         match self.layout.contiguous_range() {
             Some(r) => Cow::Borrowed(&s[r]),
-            None => Cow::Owned(self.layout.offsets().map(|o| s[o]).collect()),
+            None => Cow::Owned(gather(s, &self.layout, |v| v)),
         }
     }
     /// The elements in row-major order as `T`, which must be the tensor's dtype.
@@ -180,7 +180,7 @@ impl Tensor {
     }
     /// The elements in row-major order converted to f64, whatever the dtype.
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        map_cpu!(self.cpu(), b => self.layout.offsets().map(|o| b[o].to_f64()).collect())
+        map_cpu!(self.cpu(), b => gather(b, &self.layout, |v| v.to_f64()))
     }
 
     /// The elements as floats in their compute type: f32 for f32/f16/bf16, f64 for f64.
@@ -189,12 +189,10 @@ impl Tensor {
         Ok(match self.cpu() {
             CpuStorage::F32(_) => FloatData::F32(self.values::<f32>()),
             CpuStorage::F64(_) => FloatData::F64(self.values::<f64>()),
-            CpuStorage::F16(b) => FloatData::F32(Cow::Owned(
-                self.layout.offsets().map(|o| b[o].to_f32()).collect(),
-            )),
-            CpuStorage::BF16(b) => FloatData::F32(Cow::Owned(
-                self.layout.offsets().map(|o| b[o].to_f32()).collect(),
-            )),
+            CpuStorage::F16(b) => FloatData::F32(Cow::Owned(gather(b, &self.layout, f16::to_f32))),
+            CpuStorage::BF16(b) => {
+                FloatData::F32(Cow::Owned(gather(b, &self.layout, bf16::to_f32)))
+            }
             _ => {
                 return Err(Error::UnsupportedDType {
                     op,
@@ -208,8 +206,8 @@ impl Tensor {
     pub(crate) fn index_values(&self, op: &'static str) -> Result<Cow<'_, [i64]>> {
         Ok(match self.cpu() {
             CpuStorage::I64(_) => self.values::<i64>(),
-            CpuStorage::U32(b) => Cow::Owned(self.layout.offsets().map(|o| b[o] as i64).collect()),
-            CpuStorage::U8(b) => Cow::Owned(self.layout.offsets().map(|o| b[o] as i64).collect()),
+            CpuStorage::U32(b) => Cow::Owned(gather(b, &self.layout, i64::from)),
+            CpuStorage::U8(b) => Cow::Owned(gather(b, &self.layout, i64::from)),
             _ => {
                 return Err(Error::UnsupportedDType {
                     op,
@@ -258,5 +256,57 @@ pub(crate) enum FloatOut {
 }
 
 fn gather_storage<T: WithDType>(b: &[T], layout: &Layout) -> CpuStorage {
-    T::into_storage(layout.offsets().map(|o| b[o]).collect())
+    T::into_storage(gather(b, layout, |v| v))
+}
+
+/// Side of the square tiles a transposed gather copies through, so that both the reads (down a
+/// column of the source) and the writes (along a row of the output) stay within a few cache lines.
+const TILE: usize = 32;
+
+/// The elements of `layout` over `src` in row-major logical order, each mapped by `f`: the
+/// semantics of `layout.offsets().map(|o| f(src[o]))`, walked a row at a time. Rows of stride 1
+/// are copied as runs, rows of stride 0 filled, other rows stepped through; when the last two
+/// (merged) dims are a transpose (the inner one strided, the outer one of stride 1) the copy goes
+/// through square tiles instead.
+pub(crate) fn gather<T: Copy, U: Copy>(src: &[T], layout: &Layout, f: impl Fn(T) -> U) -> Vec<U> {
+    let n = layout.shape().elem_count();
+    if n == 0 {
+        return Vec::new();
+    }
+    let (dims, strides) = layout.merged();
+    let start = layout.offset();
+    let Some((&len, &step)) = dims.last().zip(strides.last()) else {
+        return vec![f(src[start])];
+    };
+    let r = dims.len();
+    // Offsets of the first element of each row (or of each matrix, for the tiled transpose).
+    let outer = |k: usize| Layout::new(dims[..k].to_vec().into(), strides[..k].to_vec(), start);
+    if r >= 2 && strides[r - 2] == 1 && step > 1 && len >= TILE && dims[r - 2] >= TILE {
+        // out[i, j] = src[base + i + j·step] for an [rows, len] matrix per base.
+        let rows = dims[r - 2];
+        let mut out = vec![f(src[start]); n];
+        for (o, base) in out.chunks_exact_mut(rows * len).zip(outer(r - 2).offsets()) {
+            for i0 in (0..rows).step_by(TILE) {
+                let i1 = (i0 + TILE).min(rows);
+                for j0 in (0..len).step_by(TILE) {
+                    for j in j0..(j0 + TILE).min(len) {
+                        let col = &src[base + j * step + i0..base + j * step + i1];
+                        for (i, &v) in (i0..i1).zip(col) {
+                            o[i * len + j] = f(v);
+                        }
+                    }
+                }
+            }
+        }
+        return out;
+    }
+    let mut out = Vec::with_capacity(n);
+    for base in outer(r - 1).offsets() {
+        match step {
+            1 => out.extend(src[base..base + len].iter().map(|&v| f(v))),
+            0 => out.resize(out.len() + len, f(src[base])),
+            _ => out.extend(src[base..].iter().step_by(step).take(len).map(|&v| f(v))),
+        }
+    }
+    out
 }

@@ -34,6 +34,7 @@
 //! 32K elements are split by whole rows over rayon's pool.
 
 mod act;
+mod activation;
 mod convert;
 mod norm;
 mod rope;
@@ -43,6 +44,10 @@ mod softmax;
 pub use act::{
     add, add_assign, add_assign_ref, add_assign_with, add_ref, add_with, mul, mul_ref, mul_with,
     silu_mul, silu_mul_ref, silu_mul_with,
+};
+pub use activation::{
+    exp, exp_ref, exp_with, sigmoid, sigmoid_grad, sigmoid_grad_ref, sigmoid_grad_with,
+    sigmoid_ref, sigmoid_with, silu, silu_grad, silu_grad_ref, silu_grad_with, silu_ref, silu_with,
 };
 pub use convert::{
     bf16_to_f32, bf16_to_f32_ref, bf16_to_f32_with, f16_to_f32, f16_to_f32_ref, f16_to_f32_with,

@@ -11,10 +11,11 @@
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 
-use super::unary::FloatElem;
+use super::unary::{map_slice, FloatElem};
+use crate::layout::Layout;
 use crate::storage::{map_cpu, CpuStorage};
 use crate::tensor::{from_float_data, FloatData, FloatOut};
-use crate::{Error, Result, Shape, Tensor, WithDType};
+use crate::{DType, Error, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// The elementwise binary ops.
@@ -35,6 +36,42 @@ pub enum BinaryOp {
     Maximum,
     /// `min(a, b)` (NaN propagates)
     Minimum,
+}
+
+/// Runs `$body` with `$f` bound to `op`'s scalar function, so each arm inlines its own op.
+macro_rules! by_op {
+    ($op:expr, $f:ident => $body:expr) => {
+        match $op {
+            BinaryOp::Add => {
+                let $f = |x: F, y: F| x + y;
+                $body
+            }
+            BinaryOp::Sub => {
+                let $f = |x: F, y: F| x - y;
+                $body
+            }
+            BinaryOp::Mul => {
+                let $f = |x: F, y: F| x * y;
+                $body
+            }
+            BinaryOp::Div => {
+                let $f = |x: F, y: F| x / y;
+                $body
+            }
+            BinaryOp::Pow => {
+                let $f = |x: F, y: F| x.powf(y);
+                $body
+            }
+            BinaryOp::Maximum => {
+                let $f = |x: F, y: F| if x.is_nan() || x > y { x } else { y };
+                $body
+            }
+            BinaryOp::Minimum => {
+                let $f = |x: F, y: F| if x.is_nan() || x < y { x } else { y };
+                $body
+            }
+        }
+    };
 }
 
 impl BinaryOp {
@@ -62,14 +99,15 @@ impl BinaryOp {
                 a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
             }
         }
-        match self {
-            BinaryOp::Add => run(a, b, |x, y| x + y),
-            BinaryOp::Sub => run(a, b, |x, y| x - y),
-            BinaryOp::Mul => run(a, b, |x, y| x * y),
-            BinaryOp::Div => run(a, b, |x, y| x / y),
-            BinaryOp::Pow => run(a, b, |x, y| x.powf(y)),
-            BinaryOp::Maximum => run(a, b, |x, y| if x.is_nan() || x > y { x } else { y }),
-            BinaryOp::Minimum => run(a, b, |x, y| if x.is_nan() || x < y { x } else { y }),
+        by_op!(self, f => run(a, b, f))
+    }
+    /// `op(a[i], c)`, or `op(c, a[i])` when `c_left`: the constant is applied directly instead of
+    /// being broadcast and gathered.
+    fn apply_const<F: FloatElem>(self, a: &[F], c: F, c_left: bool) -> Vec<F> {
+        if c_left {
+            by_op!(self, f => map_slice(a, |x| f(c, x)))
+        } else {
+            by_op!(self, f => map_slice(a, |x| f(x, c)))
         }
     }
 }
@@ -138,14 +176,48 @@ impl Tensor {
     /// Applies a binary op with numpy broadcasting. Both operands must be floats of one dtype.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let shape = self.binary_shape(rhs, op.name())?;
-        let a = self.broadcast_as(&shape)?;
-        let b = rhs.broadcast_as(&shape)?;
-        let out = match (a.float_values(op.name())?, b.float_values(op.name())?) {
-            (FloatData::F32(x), FloatData::F32(y)) => FloatOut::F32(op.apply(&x, &y)),
-            (FloatData::F64(x), FloatData::F64(y)) => FloatOut::F64(op.apply(&x, &y)),
-            _ => unreachable!("dtypes checked equal"),
+        let name = op.name();
+        // A side that holds one element (a scalar, or a broadcast of one) is applied as a
+        // constant: no broadcast view of it is gathered element by element.
+        let (c_left, single) = match (rhs.single_element(), self.single_element()) {
+            (Some(c), _) => (false, Some(c)),
+            (None, Some(c)) => (true, Some(c)),
+            (None, None) => (false, None),
+        };
+        let out = if let Some(c) = single {
+            let other = if c_left { rhs } else { self };
+            let a = other.broadcast_as(&shape)?;
+            match (a.float_values(name)?, c.float_values(name)?) {
+                (FloatData::F32(x), FloatData::F32(y)) => {
+                    FloatOut::F32(op.apply_const(&x, y[0], c_left))
+                }
+                (FloatData::F64(x), FloatData::F64(y)) => {
+                    FloatOut::F64(op.apply_const(&x, y[0], c_left))
+                }
+                _ => unreachable!("dtypes checked equal"),
+            }
+        } else {
+            let a = self.broadcast_as(&shape)?;
+            let b = rhs.broadcast_as(&shape)?;
+            match (a.float_values(name)?, b.float_values(name)?) {
+                (FloatData::F32(x), FloatData::F32(y)) => FloatOut::F32(op.apply(&x, &y)),
+                (FloatData::F64(x), FloatData::F64(y)) => FloatOut::F64(op.apply(&x, &y)),
+                _ => unreachable!("dtypes checked equal"),
+            }
         };
         Ok(from_float_data(out, shape, self.dtype()))
+    }
+
+    /// A rank-0 view of the one storage element every logical element of `self` reads (a
+    /// one-element tensor, or a broadcast of one); `None` when empty or when elements differ.
+    fn single_element(&self) -> Option<Tensor> {
+        let one = self
+            .dims()
+            .iter()
+            .zip(self.stride())
+            .all(|(&d, &s)| d == 1 || s == 0);
+        (one && self.elem_count() > 0)
+            .then(|| self.with_layout(Layout::new(().into(), Vec::new(), self.layout().offset())))
     }
 
     /// A rank-0 tensor of this tensor's dtype holding `v`.
@@ -225,9 +297,21 @@ impl Tensor {
         }
         v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64
     }
-    /// `self * mul + add`, elementwise (float dtypes).
+    /// `self * mul + add`, elementwise (float dtypes). f32 and f64 take one pass, rounding the
+    /// product and then the sum (no fused multiply-add), exactly as `mul_scalar` then
+    /// `add_scalar` would; f16 and bf16 run those two steps, rounding in between.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
-        self.mul_scalar(mul)?.add_scalar(add)
+        if !matches!(self.dtype(), DType::F32 | DType::F64) {
+            return self.mul_scalar(mul)?.add_scalar(add);
+        }
+        let out = match self.float_values("affine")? {
+            FloatData::F32(x) => {
+                let (m, a) = (f32::from_f64(mul), f32::from_f64(add));
+                FloatOut::F32(map_slice(&x, |v| v * m + a))
+            }
+            FloatData::F64(x) => FloatOut::F64(map_slice(&x, |v| v * mul + add)),
+        };
+        Ok(from_float_data(out, self.shape().clone(), self.dtype()))
     }
     /// Clamps every element into `[lo, hi]`.
     pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {

@@ -13,6 +13,7 @@
 use crate::storage::CpuStorage;
 use crate::tensor::{from_float_data, FloatData, FloatOut};
 use crate::{Dim, Error, Result, Shape, Tensor};
+use rayon::prelude::*;
 use shears_kernels::{reduce, softmax, Float};
 
 /// The reductions over one dim.
@@ -40,18 +41,114 @@ impl ReduceOp {
     }
     fn run<T: Float>(self, x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
         match self {
-            ReduceOp::Sum => reduce::sum(x, outer, n, inner),
+            ReduceOp::Sum => sum(x, outer, n, inner),
             ReduceOp::Mean => {
                 let inv = T::from(n).unwrap().recip();
-                reduce::sum(x, outer, n, inner)
+                sum(x, outer, n, inner)
                     .into_iter()
                     .map(|v| v * inv)
                     .collect()
             }
+            // Over the last dim, each row folds on its own (the same sequential fold as the
+            // kernel's, without its per-element row slices).
+            ReduceOp::Max if inner == 1 => x.chunks_exact(n).map(|r| fold_row(r, max2)).collect(),
+            ReduceOp::Min if inner == 1 => x.chunks_exact(n).map(|r| fold_row(r, min2)).collect(),
             ReduceOp::Max => reduce::max(x, outer, n, inner),
             ReduceOp::Min => reduce::min(x, outer, n, inner),
         }
     }
+}
+
+/// NaN-propagating maximum; ties keep `a` (as `reduce::max`).
+fn max2<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+/// NaN-propagating minimum; ties keep `a` (as `reduce::min`).
+fn min2<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || a <= b {
+        a
+    } else {
+        b
+    }
+}
+
+fn fold_row<T: Float>(r: &[T], f: fn(T, T) -> T) -> T {
+    r[1..].iter().fold(r[0], |a, &b| f(a, b))
+}
+
+/// Independent partial sums per row chunk: wide enough for the compiler to keep them in vector
+/// registers, and each of them adds 1/16 of the terms, so rounding grows more slowly than in
+/// one running sum.
+const LANES: usize = 16;
+/// Elements per block of a long sum. Blocks are fixed by the length alone, so a sum is the same
+/// whatever the thread count.
+const BLOCK: usize = 1 << 14;
+/// Fewest elements before a reduction is split over rayon's pool.
+const PAR_MIN: usize = 1 << 16;
+
+/// `[outer, n, inner]` summed over `n`. Sums over the last dim (`inner == 1`, which includes
+/// `sum_all`) run blocked over [`LANES`] partial sums at memory speed; other dims add whole rows
+/// (`reduce::sum`, already vectorised), by blocks of `outer` on rayon's pool when large.
+fn sum<T: Float>(x: &[T], outer: usize, n: usize, inner: usize) -> Vec<T> {
+    if inner == 1 {
+        if outer == 1 {
+            return vec![sum_long(x)];
+        }
+        return if x.len() >= PAR_MIN {
+            x.par_chunks_exact(n).map(sum_long).collect()
+        } else {
+            x.chunks_exact(n).map(sum_long).collect()
+        };
+    }
+    if x.len() < PAR_MIN || outer == 1 {
+        return reduce::sum(x, outer, n, inner);
+    }
+    let per = (BLOCK / (n * inner)).max(1);
+    x.par_chunks(per * n * inner)
+        .flat_map_iter(|c| reduce::sum(c, c.len() / (n * inner), n, inner))
+        .collect()
+}
+
+/// One row's sum: blocks of [`BLOCK`] (in parallel when long), each over [`LANES`] partial
+/// sums, then the block sums in order.
+fn sum_long<T: Float>(x: &[T]) -> T {
+    if x.len() <= BLOCK {
+        return sum_block(x);
+    }
+    let blocks: Vec<T> = if x.len() >= PAR_MIN {
+        x.par_chunks(BLOCK).map(sum_block).collect()
+    } else {
+        x.chunks(BLOCK).map(sum_block).collect()
+    };
+    sum_block(&blocks)
+}
+
+fn sum_block<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = *a + v;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a = *a + v;
+    }
+    // Pairwise over the partial sums.
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] = acc[i] + acc[i + w];
+        }
+    }
+    acc[0]
 }
 
 /// `(outer, n, inner)` and the output shape for reducing `dim`.
