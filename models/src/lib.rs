@@ -4,3 +4,10 @@
 #![warn(missing_docs)]
 
 // Modules (one line each; keep this list sorted).
+pub mod config;
+pub mod eval;
+pub mod generate;
+pub mod layers;
+pub mod llama;
+pub mod load;
+pub mod tokenizer;

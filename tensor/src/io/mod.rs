@@ -1,6 +1,7 @@
 //! Checkpoint IO: safetensors files, HF sharded checkpoints and directories holding either.
 //! Loading memory-maps the file and tensors borrow it (no copy); saving is atomic (temporary
-//! file, fsync, rename), so a crash never leaves a half-written checkpoint behind.
+//! file, fsync, rename), so a crash never leaves a half-written checkpoint behind. GGUF files
+//! (llama.cpp's format, with Q8_0/Q4_0/Q4_1 dequantized on load) are read by [`Gguf`].
 //!
 //! ```
 //! use shears_tensor::{io, DType, Tensor};
@@ -21,8 +22,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod gguf;
 pub mod safetensors;
 
+pub use self::gguf::{GgmlType, Gguf, GgufTensorInfo, GgufValue};
 pub use self::safetensors::{load, load_metadata, save, Header, TensorInfo};
 
 use self::safetensors::{io_err, prepare, save_prepared, Prepared};

@@ -8,6 +8,7 @@ mod linalg;
 mod matmul;
 mod movement;
 mod reduce;
+mod slice;
 mod sort;
 mod unary;
 

@@ -1,0 +1,547 @@
+//! LLaMA (Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language Models"): pre-norm
+//! decoder layers of grouped-query causal attention with rotary embeddings and a SwiGLU MLP, with
+//! a KV cache for incremental decoding. Struct fields equal the HF checkpoint keys
+//! (`model.layers.N.self_attn.q_proj.weight` is `llama.model.layers[N].self_attn.q_proj`).
+//!
+//! ```
+//! use shears_models::config::LlamaConfig;
+//! use shears_models::llama::{KvCache, Llama};
+//! let json = r#"{"model_type": "llama", "vocab_size": 50, "hidden_size": 32,
+//!   "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+//!   "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
+//!   "tie_word_embeddings": true}"#;
+//! let config = LlamaConfig::from_json_str(json, "config.json".as_ref())?;
+//! let model = Llama::random(&config, 0)?;
+//! let mut cache = KvCache::new(&config, 16);
+//! let logits = model.forward(&[1, 2, 3], &mut cache)?; // prefill: [3, 50]
+//! assert_eq!(logits.dims(), &[3, 50]);
+//! let next = model.forward(&[4], &mut cache)?; // one decode step, position 3
+//! assert_eq!((next.dims(), cache.len()), (&[1usize, 50][..], 4));
+//! # Ok::<(), shears_tensor::Error>(())
+//! ```
+
+use crate::config::LlamaConfig;
+use crate::layers::{Embedding, Linear, RmsNorm, Rotary};
+use rayon::prelude::*;
+use shears_kernels::fused::{self, RopeLayout};
+use shears_kernels::gemm::{gemm, MatRef};
+use shears_tensor::{DType, Error, Result, Tensor};
+
+/// Causal self-attention with grouped-query heads.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// `[heads · head_dim, hidden]`
+    pub q_proj: Linear,
+    /// `[kv_heads · head_dim, hidden]`
+    pub k_proj: Linear,
+    /// `[kv_heads · head_dim, hidden]`
+    pub v_proj: Linear,
+    /// `[hidden, heads · head_dim]`
+    pub o_proj: Linear,
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))` (Shazeer 2020, "GLU Variants Improve
+/// Transformer").
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    /// `[intermediate, hidden]`
+    pub gate_proj: Linear,
+    /// `[intermediate, hidden]`
+    pub up_proj: Linear,
+    /// `[hidden, intermediate]`
+    pub down_proj: Linear,
+}
+
+/// One pre-norm decoder layer: `x += attn(norm(x)); x += mlp(norm(x))`.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    /// Attention.
+    pub self_attn: Attention,
+    /// MLP.
+    pub mlp: Mlp,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The decoder stack (HF's `model.` prefix).
+#[derive(Debug, Clone)]
+pub struct LlamaModel {
+    /// Token embeddings.
+    pub embed_tokens: Embedding,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: RmsNorm,
+}
+
+/// A LLaMA causal language model.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    /// The configuration.
+    pub config: LlamaConfig,
+    /// The decoder.
+    pub model: LlamaModel,
+    /// The output head `[vocab, hidden]`; shares the embedding's storage when tied.
+    pub lm_head: Linear,
+    /// Rotary tables and the Q/K pair layout of the loaded weights.
+    pub rotary: Rotary,
+}
+
+/// Keys and values of the positions seen so far, per layer `[kv_heads, capacity, head_dim]`, f32.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl KvCache {
+    /// An empty cache for up to `capacity` positions.
+    pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
+        let per_layer = config.num_key_value_heads * capacity * config.head_dim;
+        KvCache {
+            k: (0..config.num_hidden_layers)
+                .map(|_| vec![0.0; per_layer])
+                .collect(),
+            v: (0..config.num_hidden_layers)
+                .map(|_| vec![0.0; per_layer])
+                .collect(),
+            len: 0,
+            capacity,
+            kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        }
+    }
+    /// Positions stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True before the first forward pass.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets every position (keeps the memory).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Bytes of key/value storage.
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * self.kv_heads * self.capacity * self.head_dim * 4
+    }
+}
+
+/// Below this many score entries per head, heads run one after another (rayon's fork/join costs
+/// more than the work).
+const PAR_HEADS_MIN: usize = 4096;
+
+impl Attention {
+    /// `x: [t, hidden]` (already normed) at positions `offset..offset + t` → `out: [t, hidden]`;
+    /// appends this step's keys and values to `layer`'s cache.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        c: &LlamaConfig,
+        rotary: &Rotary,
+        x: &[f32],
+        t: usize,
+        cache: &mut KvCache,
+        layer: usize,
+        out: &mut [f32],
+    ) {
+        let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let p = cache.len;
+        let positions: Vec<usize> = (p..p + t).collect();
+        let mut q = vec![0f32; t * h * hd];
+        let mut k = vec![0f32; t * kvh * hd];
+        let mut v = vec![0f32; t * kvh * hd];
+        self.q_proj.forward_slice(x, t, &mut q);
+        self.k_proj.forward_slice(x, t, &mut k);
+        self.v_proj.forward_slice(x, t, &mut v);
+        rotary.apply(&mut q, h, &positions);
+        rotary.apply(&mut k, kvh, &positions);
+        // Fold the 1/√d score scale into q once.
+        let scale = 1.0 / (hd as f32).sqrt();
+        q.iter_mut().for_each(|e| *e *= scale);
+        let cap = cache.capacity;
+        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+        for s in 0..t {
+            for g in 0..kvh {
+                let dst = (g * cap + p + s) * hd;
+                let src = (s * kvh + g) * hd;
+                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+        let l = p + t;
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let groups = h / kvh;
+        let head = |hh: usize| -> Vec<f32> {
+            let g = hh / groups;
+            let kg = &kc[g * cap * hd..(g * cap + l) * hd];
+            let vg = &vc[g * cap * hd..(g * cap + l) * hd];
+            let mut scores = vec![0f32; t * l];
+            // scores[t, l] = q_h[t, hd] · K_gᵀ
+            gemm(
+                t,
+                l,
+                hd,
+                MatRef::new(&q[hh * hd..], h * hd, 1),
+                MatRef::new(kg, 1, hd),
+                &mut scores,
+            );
+            fused::softmax_causal_inplace(&mut scores, t, l, p);
+            let mut ctx = vec![0f32; t * hd];
+            // ctx[t, hd] = P[t, l] · V_g[l, hd]
+            gemm(
+                t,
+                hd,
+                l,
+                MatRef::new(&scores, l, 1),
+                MatRef::new(vg, hd, 1),
+                &mut ctx,
+            );
+            ctx
+        };
+        let ctxs: Vec<Vec<f32>> = if t * l >= PAR_HEADS_MIN {
+            (0..h).into_par_iter().map(head).collect()
+        } else {
+            (0..h).map(head).collect()
+        };
+        let mut merged = vec![0f32; t * h * hd];
+        for (hh, ctx) in ctxs.iter().enumerate() {
+            for s in 0..t {
+                merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
+                    .copy_from_slice(&ctx[s * hd..(s + 1) * hd]);
+            }
+        }
+        self.o_proj.forward_slice(&merged, t, out);
+    }
+}
+
+impl Mlp {
+    /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
+    fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        let f = self.gate_proj.out_features();
+        let mut gate = vec![0f32; t * f];
+        let mut up = vec![0f32; t * f];
+        self.gate_proj.forward_slice(x, t, &mut gate);
+        self.up_proj.forward_slice(x, t, &mut up);
+        let mut act = vec![0f32; t * f];
+        fused::silu_mul(&gate, &up, &mut act);
+        self.down_proj.forward_slice(&act, t, out);
+    }
+}
+
+impl Llama {
+    /// Checks the weights' shapes against the configuration and builds rotary tables for the
+    /// configuration's context length in `layout`.
+    pub fn new(
+        config: LlamaConfig,
+        model: LlamaModel,
+        lm_head: Linear,
+        layout: RopeLayout,
+    ) -> Result<Llama> {
+        let c = &config;
+        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+        let (qd, kvd) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let check = |name: String, got: &[usize], want: [usize; 2]| {
+            if got != want {
+                return Err(Error::invalid(
+                    "Llama::new",
+                    format!("{name} has shape {got:?}, the config implies {want:?}"),
+                ));
+            }
+            Ok(())
+        };
+        check(
+            "model.embed_tokens.weight".into(),
+            model.embed_tokens.weight.dims(),
+            [v, d],
+        )?;
+        check(
+            "lm_head.weight".into(),
+            lm_head.weight_tensor().dims(),
+            [v, d],
+        )?;
+        if model.layers.len() != c.num_hidden_layers {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!(
+                    "{} layers, the config says {}",
+                    model.layers.len(),
+                    c.num_hidden_layers
+                ),
+            ));
+        }
+        for (i, l) in model.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let a = &l.self_attn;
+            check(
+                p("self_attn.q_proj"),
+                a.q_proj.weight_tensor().dims(),
+                [qd, d],
+            )?;
+            check(
+                p("self_attn.k_proj"),
+                a.k_proj.weight_tensor().dims(),
+                [kvd, d],
+            )?;
+            check(
+                p("self_attn.v_proj"),
+                a.v_proj.weight_tensor().dims(),
+                [kvd, d],
+            )?;
+            check(
+                p("self_attn.o_proj"),
+                a.o_proj.weight_tensor().dims(),
+                [d, qd],
+            )?;
+            check(
+                p("mlp.gate_proj"),
+                l.mlp.gate_proj.weight_tensor().dims(),
+                [f, d],
+            )?;
+            check(
+                p("mlp.up_proj"),
+                l.mlp.up_proj.weight_tensor().dims(),
+                [f, d],
+            )?;
+            check(
+                p("mlp.down_proj"),
+                l.mlp.down_proj.weight_tensor().dims(),
+                [d, f],
+            )?;
+            for (n, w) in [
+                ("input_layernorm", &l.input_layernorm),
+                ("post_attention_layernorm", &l.post_attention_layernorm),
+            ] {
+                if w.weight.dims() != [d] {
+                    return Err(Error::invalid(
+                        "Llama::new",
+                        format!("{} has shape {:?}, expected [{d}]", p(n), w.weight.dims()),
+                    ));
+                }
+            }
+        }
+        if model.norm.weight.dims() != [d] {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!(
+                    "model.norm.weight has shape {:?}, expected [{d}]",
+                    model.norm.weight.dims()
+                ),
+            ));
+        }
+        let rotary = Rotary::new(c.head_dim, c.max_position_embeddings, c.rope_theta, layout);
+        Ok(Llama {
+            config,
+            model,
+            lm_head,
+            rotary,
+        })
+    }
+
+    /// A model with random weights (normal, std 0.02; norm gains 1) in f32, for tests and
+    /// examples.
+    pub fn random(config: &LlamaConfig, seed: u64) -> Result<Llama> {
+        let c = config;
+        let mut s = seed;
+        let mut w = |r: usize, k: usize| {
+            s = s.wrapping_add(1);
+            Tensor::randn([r, k], 0.0, 0.02, DType::F32, s)
+        };
+        let (d, f) = (c.hidden_size, c.intermediate_size);
+        let (qd, kvd) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let ones = || RmsNorm::new(Tensor::ones([d], DType::F32)?, c.rms_norm_eps);
+        let embed = Embedding::new(w(c.vocab_size, d)?)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for _ in 0..c.num_hidden_layers {
+            layers.push(DecoderLayer {
+                self_attn: Attention {
+                    q_proj: Linear::new(w(qd, d)?)?,
+                    k_proj: Linear::new(w(kvd, d)?)?,
+                    v_proj: Linear::new(w(kvd, d)?)?,
+                    o_proj: Linear::new(w(d, qd)?)?,
+                },
+                mlp: Mlp {
+                    gate_proj: Linear::new(w(f, d)?)?,
+                    up_proj: Linear::new(w(f, d)?)?,
+                    down_proj: Linear::new(w(d, f)?)?,
+                },
+                input_layernorm: ones()?,
+                post_attention_layernorm: ones()?,
+            });
+        }
+        let lm_head = if c.tie_word_embeddings {
+            Linear::new(embed.weight.clone())?
+        } else {
+            Linear::new(w(c.vocab_size, d)?)?
+        };
+        let model = LlamaModel {
+            embed_tokens: embed,
+            layers,
+            norm: ones()?,
+        };
+        Llama::new(c.clone(), model, lm_head, RopeLayout::HalfSplit)
+    }
+
+    /// Every weight under its HF checkpoint key (the tied head is left out, as HF saves it).
+    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            &self.model.embed_tokens.weight,
+        )];
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            let a = &l.self_attn;
+            out.push((p("self_attn.q_proj"), a.q_proj.weight_tensor()));
+            out.push((p("self_attn.k_proj"), a.k_proj.weight_tensor()));
+            out.push((p("self_attn.v_proj"), a.v_proj.weight_tensor()));
+            out.push((p("self_attn.o_proj"), a.o_proj.weight_tensor()));
+            out.push((p("mlp.gate_proj"), l.mlp.gate_proj.weight_tensor()));
+            out.push((p("mlp.up_proj"), l.mlp.up_proj.weight_tensor()));
+            out.push((p("mlp.down_proj"), l.mlp.down_proj.weight_tensor()));
+            out.push((p("input_layernorm"), &l.input_layernorm.weight));
+            out.push((
+                p("post_attention_layernorm"),
+                &l.post_attention_layernorm.weight,
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), &self.model.norm.weight));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.weight_tensor()));
+        }
+        out
+    }
+
+    /// Bytes of weights one decode step reads: every projection, the output head, the norms and
+    /// one embedding row.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let mut b = self.lm_head.weight_bytes();
+        for l in &self.model.layers {
+            let a = &l.self_attn;
+            for lin in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &l.mlp.gate_proj,
+                &l.mlp.up_proj,
+                &l.mlp.down_proj,
+            ] {
+                b += lin.weight_bytes();
+            }
+            b += 2 * self.config.hidden_size * 4;
+        }
+        let e = &self.model.embed_tokens.weight;
+        b + self.config.hidden_size * 4 + e.dims()[1] * e.dtype().size_in_bytes()
+    }
+
+    /// Bytes of all weights held in memory (the tied table counted once).
+    pub fn weight_bytes(&self) -> usize {
+        self.named_weights()
+            .iter()
+            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
+    /// The weights' storage dtype (that of the first projection).
+    pub fn dtype(&self) -> DType {
+        self.model
+            .layers
+            .first()
+            .map(|l| l.self_attn.q_proj.weight_tensor().dtype())
+            .unwrap_or(self.lm_head.weight_tensor().dtype())
+    }
+
+    /// Runs `ids` at positions `cache.len()..` through the decoder and the final norm, appending
+    /// to the cache; returns the normed hidden states `[ids.len(), hidden]`.
+    pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let t = ids.len();
+        if cache.k.len() != c.num_hidden_layers
+            || cache.kv_heads != c.num_key_value_heads
+            || cache.head_dim != c.head_dim
+        {
+            return Err(Error::invalid(
+                "Llama::forward",
+                "the KV cache was built for another configuration",
+            ));
+        }
+        if cache.len + t > cache.capacity {
+            return Err(Error::invalid(
+                "Llama::forward",
+                format!(
+                    "{} cached + {t} new positions exceed the cache capacity {}",
+                    cache.len, cache.capacity
+                ),
+            ));
+        }
+        if cache.len + t > self.rotary.max_pos {
+            return Err(Error::invalid(
+                "Llama::forward",
+                format!(
+                    "position {} is beyond the context length {}",
+                    cache.len + t - 1,
+                    self.rotary.max_pos
+                ),
+            ));
+        }
+        let d = c.hidden_size;
+        let mut x = vec![0f32; t * d];
+        self.model.embed_tokens.forward_slice(ids, &mut x)?;
+        let mut xn = vec![0f32; t * d];
+        let mut y = vec![0f32; t * d];
+        for (i, l) in self.model.layers.iter().enumerate() {
+            l.input_layernorm.forward_slice(&x, &mut xn);
+            l.self_attn
+                .forward(c, &self.rotary, &xn, t, cache, i, &mut y);
+            fused::add_assign(&mut x, &y);
+            l.post_attention_layernorm.forward_slice(&x, &mut xn);
+            l.mlp.forward(&xn, t, &mut y);
+            fused::add_assign(&mut x, &y);
+        }
+        cache.len += t;
+        self.model.norm.forward_slice(&x, &mut xn);
+        Ok(xn)
+    }
+
+    /// Logits `[rows, vocab]` of normed hidden states `[rows, hidden]`.
+    pub fn logits_slice(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.config.vocab_size];
+        self.lm_head.forward_slice(hidden, rows, &mut out);
+        out
+    }
+
+    /// Logits `[ids.len(), vocab]` for every position of `ids` (positions `cache.len()..`).
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, cache)?;
+        let logits = self.logits_slice(&h, ids.len());
+        Tensor::from_vec(logits, [ids.len(), self.config.vocab_size])
+    }
+
+    /// Logits `[vocab]` of the last position only (generation: the head runs on one row).
+    pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::invalid("Llama::forward_last", "no tokens given"));
+        }
+        let h = self.forward_hidden(ids, cache)?;
+        let d = self.config.hidden_size;
+        Ok(self.logits_slice(&h[(ids.len() - 1) * d..], 1))
+    }
+}

@@ -1,0 +1,404 @@
+//! `shears eval`, `shears generate` and `shears bench --model`: the commands that run a model.
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use shears::models::eval;
+use shears::models::generate::{self, GenerateOptions, SamplingParams, StopReason};
+use shears::models::llama::{KvCache, Llama};
+use shears::models::load::{self, LoadOptions};
+use shears::models::tokenizer::Tokenizer;
+use shears::tensor::DType;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Storage dtype of the weights.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+            DTypeArg::F16 => DType::F16,
+        }
+    }
+}
+
+/// Which model to load and how.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// An HF checkpoint directory or a GGUF file [default: the model `shears fetch` downloads,
+    /// under $SHEARS_DATA or ./data].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Storage dtype of the projection and embedding weights (computation is f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DTypeArg,
+    /// Threads to run on [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn path(&self) -> Result<PathBuf, Box<dyn std::error::Error>> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let p = shears::fetch::default_model_path(&shears::fetch::default_data_dir());
+        if !p.exists() {
+            return Err(format!(
+                "no --model given and the default model is not at {} (run `shears fetch` first)",
+                p.display()
+            )
+            .into());
+        }
+        Ok(p)
+    }
+
+    fn load(&self) -> Result<(Llama, Tokenizer, f64), Box<dyn std::error::Error>> {
+        set_threads(self.threads)?;
+        let path = self.path()?;
+        let t0 = Instant::now();
+        let (model, tok) = load::load(
+            &path,
+            &LoadOptions {
+                dtype: self.dtype.dtype(),
+            },
+        )?;
+        Ok((model, tok, t0.elapsed().as_secs_f64()))
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> CliResult {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        // Fails only when the pool was already built, which cannot happen this early.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text files, joined by a blank line [default: alice29.txt and asyoulik.txt in the data
+    /// folder].
+    #[arg(long, num_args = 1..)]
+    text: Vec<PathBuf>,
+    /// Window length in tokens.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Evaluate only the first N windows.
+    #[arg(long)]
+    max_windows: Option<usize>,
+    /// Print one JSON object (ppl, tokens, windows, seqlen, tokens_per_s, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_eval(args: &EvalArgs) -> CliResult {
+    let (model, tok, load_secs) = args.model.load()?;
+    let files = if args.text.is_empty() {
+        eval::default_eval_files(&shears::fetch::default_data_dir())
+    } else {
+        args.text.clone()
+    };
+    let text = eval::load_texts(&files)?;
+    let mut ids = tok.encode(&text, false)?;
+    let total_tokens = ids.len();
+    if let Some(w) = args.max_windows {
+        ids.truncate(w * args.seqlen);
+    }
+    let windows = ids.len() / args.seqlen;
+    let bar = progress_bar(windows as u64, !args.json, "windows");
+    let report = eval::perplexity(&model, &ids, args.seqlen, |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let rss = peak_rss_bytes();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "ppl": report.ppl,
+            "nll": report.nll,
+            "tokens": total_tokens,
+            "windows": report.windows,
+            "seqlen": report.seqlen,
+            "scored_tokens": report.scored_tokens,
+            "tokens_per_s": report.tokens_per_s,
+            "secs": report.secs,
+            "load_secs": load_secs,
+            "threads": rayon::current_num_threads(),
+            "dtype": model.dtype().as_str(),
+            "weight_bytes": model.weight_bytes(),
+            "peak_rss_bytes": rss,
+            "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "perplexity {:.4} (seqlen {}, {} windows, {} of {} tokens scored) | {:.1} tokens/s, {:.1} s | {} threads, {} weights",
+            report.ppl,
+            report.seqlen,
+            report.windows,
+            report.scored_tokens,
+            total_tokens,
+            report.tokens_per_s,
+            report.secs,
+            rayon::current_num_threads(),
+            model.dtype().as_str()
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat format (`<|im_start|>user ... <|im_start|>assistant`).
+    #[arg(long)]
+    chat: bool,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Random seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_generate(args: &GenerateArgs) -> CliResult {
+    let (model, tok, _) = args.model.load()?;
+    let prompt = if args.chat {
+        format!(
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            args.prompt
+        )
+    } else {
+        args.prompt.clone()
+    };
+    let ids = tok.encode(&prompt, false)?;
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_at_eos: true,
+    };
+    let mut stream = tok.stream();
+    let mut out = std::io::stdout().lock();
+    if !args.json {
+        write!(out, "{}", args.prompt)?;
+        out.flush()?;
+    }
+    let eos = model.config.eos_token_ids.clone();
+    let json = args.json;
+    let g = generate::generate(&model, &ids, &opts, |id| {
+        if !json && !eos.contains(&id) {
+            if let Some(piece) = stream.push(id)? {
+                write!(out, "{piece}")
+                    .and_then(|_| out.flush())
+                    .map_err(|e| shears::tensor::Error::Io {
+                        path: "<stdout>".into(),
+                        source: e,
+                    })?;
+            }
+        }
+        Ok(true)
+    })?;
+    let text = tok.decode(&g.tokens, true)?;
+    let decode_steps = g.tokens.len().saturating_sub(1);
+    let decode_tps = if g.decode_secs > 0.0 {
+        decode_steps as f64 / g.decode_secs
+    } else {
+        0.0
+    };
+    if json {
+        let v = serde_json::json!({
+            "prompt_tokens": ids.len(),
+            "tokens": g.tokens,
+            "text": text,
+            "stop": format!("{:?}", g.stop),
+            "prefill_secs": g.prefill_secs,
+            "decode_tokens_per_s": decode_tps,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        if let Some(rest) = stream.finish()? {
+            write!(out, "{rest}")?;
+        }
+        writeln!(out)?;
+        let why = match g.stop {
+            StopReason::Eos => "end of sequence",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Callback => "stopped",
+        };
+        eprintln!(
+            "[{} prompt tokens, {} new ({why}); prefill {:.0} ms, decode {:.1} tokens/s]",
+            ids.len(),
+            g.tokens.len(),
+            g.prefill_secs * 1e3,
+            decode_tps
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ModelBenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt length of the prefill measurement.
+    #[arg(long, default_value_t = 512)]
+    pub prefill: usize,
+    /// Decode steps measured after the prefill.
+    #[arg(long, default_value_t = 128)]
+    pub decode: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
+    let (model, _tok, load_secs) = args.model.load()?;
+    let c = &model.config;
+    if args.prefill == 0 || args.prefill + args.decode > c.max_position_embeddings {
+        return Err(format!(
+            "--prefill {} + --decode {} must be between 1 and the context length {}",
+            args.prefill, args.decode, c.max_position_embeddings
+        )
+        .into());
+    }
+    // A fixed, plausible token sequence (ids spread over the vocabulary).
+    let ids: Vec<u32> = (0..args.prefill as u64)
+        .map(|i| ((i * 7919 + 13) % c.vocab_size as u64) as u32)
+        .collect();
+    let mut cache = KvCache::new(c, args.prefill + args.decode);
+    // Warm-up: one short prefill touches every weight page.
+    model.forward_last(&ids[..8.min(ids.len())], &mut cache)?;
+    cache.clear();
+    let t0 = Instant::now();
+    let mut logits = model.forward_last(&ids, &mut cache)?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..args.decode {
+        let next = argmax(&logits);
+        logits = model.forward_last(&[next], &mut cache)?;
+    }
+    let decode_secs = t1.elapsed().as_secs_f64();
+    let prefill_tps = args.prefill as f64 / prefill_secs;
+    let decode_tps = args.decode as f64 / decode_secs;
+    let per_token = model.weight_bytes_per_token();
+    let rss = peak_rss_bytes();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+            "prefill_tokens": args.prefill,
+            "decode_tokens": args.decode,
+            "threads": rayon::current_num_threads(),
+            "dtype": model.dtype().as_str(),
+            "weight_bytes": model.weight_bytes(),
+            "weight_bytes_per_token": per_token,
+            "decode_weight_gb_per_s": per_token as f64 * decode_tps / 1e9,
+            "prefill_gflop_per_s": 2.0 * c.num_parameters() as f64 * prefill_tps / 1e9,
+            "kv_cache_bytes": cache.bytes(),
+            "peak_rss_bytes": rss,
+            "load_secs": load_secs,
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(
+            out,
+            "prefill {:>8.1} tokens/s ({} tokens, {:.1} GFLOP/s counting 2·params·tokens)",
+            prefill_tps,
+            args.prefill,
+            2.0 * c.num_parameters() as f64 * prefill_tps / 1e9
+        )?;
+        writeln!(
+            out,
+            "decode  {:>8.1} tokens/s ({} tokens, {:.1} GB/s of weights)",
+            decode_tps,
+            args.decode,
+            per_token as f64 * decode_tps / 1e9
+        )?;
+        writeln!(
+            out,
+            "{} threads, {} weights ({:.1} MiB), KV cache {:.1} MiB, peak RSS {}",
+            rayon::current_num_threads(),
+            model.dtype().as_str(),
+            model.weight_bytes() as f64 / 1048576.0,
+            cache.bytes() as f64 / 1048576.0,
+            rss.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "n/a".into())
+        )?;
+    }
+    Ok(())
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn progress_bar(len: u64, show: bool, unit: &str) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}]"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
+
+/// The process's peak resident set size (Linux `VmHWM`), if it can be read.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
