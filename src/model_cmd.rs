@@ -2,6 +2,7 @@
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use shears::kernels::limits;
 use shears::models::eval;
 use shears::models::generate::{self, GenerateOptions, SamplingParams, StopReason};
 use shears::models::llama::{KvCache, Llama};
@@ -52,13 +53,10 @@ impl ModelArgs {
         if let Some(p) = &self.model {
             return Ok(p.clone());
         }
-        let p = shears::fetch::default_model_path(&shears::fetch::default_data_dir());
+        let dir = shears::fetch::default_data_dir();
+        let p = shears::fetch::default_model_path(&dir);
         if !p.exists() {
-            return Err(format!(
-                "no --model given and the default model is not at {} (run `shears fetch` first)",
-                p.display()
-            )
-            .into());
+            ensure_default_assets(&dir)?;
         }
         Ok(p)
     }
@@ -75,6 +73,21 @@ impl ModelArgs {
         )?;
         Ok((model, tok, t0.elapsed().as_secs_f64()))
     }
+}
+
+/// Downloads the default model and corpus (as `shears fetch` does) when a command needs them and
+/// they are missing, so `shears eval` alone works on a fresh machine.
+fn ensure_default_assets(dir: &std::path::Path) -> CliResult {
+    eprintln!(
+        "the default model or corpus is missing from {}: fetching them (as `shears fetch` does)",
+        dir.display()
+    );
+    let opts = shears::fetch::FetchOptions {
+        progress: std::io::stderr().is_terminal(),
+        ..shears::fetch::FetchOptions::default()
+    };
+    shears::fetch::fetch_all(dir, &opts)?;
+    Ok(())
 }
 
 fn set_threads(threads: Option<usize>) -> CliResult {
@@ -113,7 +126,12 @@ pub struct EvalArgs {
 pub fn run_eval(args: &EvalArgs) -> CliResult {
     let (model, tok, load_secs) = args.model.load()?;
     let files = if args.text.is_empty() {
-        eval::default_eval_files(&shears::fetch::default_data_dir())
+        let dir = shears::fetch::default_data_dir();
+        let files = eval::default_eval_files(&dir);
+        if files.iter().any(|f| !f.exists()) {
+            ensure_default_assets(&dir)?;
+        }
+        files
     } else {
         args.text.clone()
     };
@@ -291,7 +309,14 @@ pub struct ModelBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Skip probing the machine's FMA peak and read bandwidth after the run.
+    #[arg(long)]
+    pub no_limits: bool,
 }
+
+/// Bytes the bandwidth probe of `bench --model` reads: far larger than any cache, small next to
+/// the model.
+const LIMITS_READ_BYTES: usize = 256 << 20;
 
 pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     let (model, _tok, load_secs) = args.model.load()?;
@@ -324,6 +349,16 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     let decode_tps = args.decode as f64 / decode_secs;
     let per_token = model.weight_bytes_per_token();
     let rss = peak_rss_bytes();
+    let weights_plus_kv = model.weight_bytes() + cache.bytes();
+    let kv_bytes = cache.bytes();
+    drop(cache);
+    // The machine's read bandwidth and FMA peak, probed now (after the peak RSS was read, so the
+    // probe's array does not count): shared hosts vary from minute to minute, so the fractions
+    // are quoted against limits measured in the same run.
+    let lim = (!args.no_limits)
+        .then(|| limits::measure_with(rayon::current_num_threads(), LIMITS_READ_BYTES));
+    let decode_gbps = per_token as f64 * decode_tps / 1e9;
+    let prefill_gflops = 2.0 * c.num_parameters() as f64 * prefill_tps / 1e9;
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
@@ -335,38 +370,64 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             "dtype": model.dtype().as_str(),
             "weight_bytes": model.weight_bytes(),
             "weight_bytes_per_token": per_token,
-            "decode_weight_gb_per_s": per_token as f64 * decode_tps / 1e9,
-            "prefill_gflop_per_s": 2.0 * c.num_parameters() as f64 * prefill_tps / 1e9,
-            "kv_cache_bytes": cache.bytes(),
+            "decode_weight_gb_per_s": decode_gbps,
+            "prefill_gflop_per_s": prefill_gflops,
+            "kv_cache_bytes": kv_bytes,
             "peak_rss_bytes": rss,
+            "peak_rss_over_weights_plus_kv": rss.map(|r| r as f64 / weights_plus_kv as f64),
+            "read_gb_per_s": lim.map(|l| l.read_gbps),
+            "fma_gflop_per_s": lim.map(|l| l.fma_gflops),
+            "decode_fraction_of_bandwidth_bound": lim.map(|l| decode_gbps / l.read_gbps),
+            "prefill_fraction_of_fma_peak": lim.map(|l| prefill_gflops / l.fma_gflops),
             "load_secs": load_secs,
         });
         writeln!(out, "{v}")?;
     } else {
+        let frac = |x: f64, of: Option<f64>, what: &str| {
+            of.map(|l| format!(", {:.0}% of the {what}", 100.0 * x / l))
+                .unwrap_or_default()
+        };
         writeln!(
             out,
-            "prefill {:>8.1} tokens/s ({} tokens, {:.1} GFLOP/s counting 2·params·tokens)",
+            "prefill {:>8.1} tokens/s ({} tokens, {:.1} GFLOP/s counting 2·params·tokens{})",
             prefill_tps,
             args.prefill,
-            2.0 * c.num_parameters() as f64 * prefill_tps / 1e9
+            prefill_gflops,
+            frac(prefill_gflops, lim.map(|l| l.fma_gflops), "f32 FMA peak")
         )?;
         writeln!(
             out,
-            "decode  {:>8.1} tokens/s ({} tokens, {:.1} GB/s of weights)",
+            "decode  {:>8.1} tokens/s ({} tokens, {:.1} GB/s of weights{})",
             decode_tps,
             args.decode,
-            per_token as f64 * decode_tps / 1e9
+            decode_gbps,
+            frac(decode_gbps, lim.map(|l| l.read_gbps), "read bandwidth")
         )?;
+        let mib = |b: usize| b as f64 / 1048576.0;
+        let rss_text = rss
+            .map(|b| {
+                format!(
+                    "{:.1} MiB ({:.2}× weights + KV)",
+                    mib(b as usize),
+                    b as f64 / weights_plus_kv as f64
+                )
+            })
+            .unwrap_or_else(|| "n/a".into());
         writeln!(
             out,
-            "{} threads, {} weights ({:.1} MiB), KV cache {:.1} MiB, peak RSS {}",
+            "{} threads, {} weights ({:.1} MiB), KV cache {:.1} MiB, peak RSS {rss_text}",
             rayon::current_num_threads(),
             model.dtype().as_str(),
-            model.weight_bytes() as f64 / 1048576.0,
-            cache.bytes() as f64 / 1048576.0,
-            rss.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0))
-                .unwrap_or_else(|| "n/a".into())
+            mib(model.weight_bytes()),
+            mib(kv_bytes),
         )?;
+        if let Some(l) = lim {
+            writeln!(
+                out,
+                "machine now: f32 FMA peak {:.1} GFLOP/s, read bandwidth {:.1} GB/s ({} threads)",
+                l.fma_gflops, l.read_gbps, l.threads
+            )?;
+        }
     }
     Ok(())
 }

@@ -21,6 +21,7 @@
 //! ```
 
 use crate::llama::{KvCache, Llama};
+use shears_kernels::fused;
 use shears_tensor::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -72,14 +73,28 @@ pub fn load_texts(files: &[PathBuf]) -> Result<String> {
 /// Rows of logits scored per head call: bounds the logits buffer to `CHUNK · vocab` floats.
 const CHUNK: usize = 64;
 
-/// `ln Σ_j exp(x_j)`, computed stably in f64 around the maximum.
-fn log_sum_exp(x: &[f32]) -> f64 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if m == f32::NEG_INFINITY || m.is_nan() {
-        return m as f64;
+/// `ln Σ_j exp(x_j)` around the maximum (so nothing overflows), with the SIMD exp and the sum of
+/// the exponentials in f64; `shifted` and `e` are as long as `x`.
+fn log_sum_exp(x: &[f32], shifted: &mut [f32], e: &mut [f32]) -> f64 {
+    let mut m = f32::NEG_INFINITY;
+    for &v in x {
+        if v.is_nan() {
+            return f64::NAN;
+        }
+        m = m.max(v);
     }
-    let s: f32 = x.iter().map(|&v| (v - m).exp()).sum();
-    m as f64 + (s as f64).ln()
+    if m == f32::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    for (s, &v) in shifted.iter_mut().zip(x) {
+        *s = v - m;
+    }
+    fused::exp(shifted, e);
+    let s: f64 = e
+        .chunks(16)
+        .map(|c| c.iter().map(|&e| e as f64).sum::<f64>())
+        .sum();
+    m as f64 + s.ln()
 }
 
 /// Sum of `−log softmax(logits_t)[ids[t+1]]` over the positions `t` of one window.
@@ -89,12 +104,13 @@ fn window_nll(model: &Llama, window: &[u32], cache: &mut KvCache) -> Result<f64>
     let (d, v) = (model.config.hidden_size, model.config.vocab_size);
     let scored = window.len() - 1;
     let mut total = 0.0;
+    let (mut shifted, mut e) = (vec![0f32; v], vec![0f32; v]);
     for r0 in (0..scored).step_by(CHUNK) {
         let rows = CHUNK.min(scored - r0);
         let logits = model.logits_slice(&hidden[r0 * d..(r0 + rows) * d], rows);
         for (r, row) in logits.chunks(v).enumerate() {
             let target = window[r0 + r + 1] as usize;
-            total += log_sum_exp(row) - row[target] as f64;
+            total += log_sum_exp(row, &mut shifted, &mut e) - row[target] as f64;
         }
     }
     Ok(total)

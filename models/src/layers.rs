@@ -89,6 +89,44 @@ impl Linear {
             other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
         }
     }
+    /// Several layers with the same input, `ys[i][m, outᵢ] = x[m, in] · Wᵢᵀ`, as one parallel
+    /// region when their weights share a dtype (Q/K/V, gate/up). Panics on wrong lengths.
+    pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
+        assert_eq!(layers.len(), ys.len(), "Linear::forward_many: outputs");
+        let Some(first) = layers.first() else { return };
+        let k = first.in_features();
+        let dt = first.weight_tensor().dtype();
+        if layers
+            .iter()
+            .any(|l| l.in_features() != k || l.weight_tensor().dtype() != dt)
+        {
+            for (l, y) in layers.iter().zip(ys.iter_mut()) {
+                l.forward_slice(x, m, y);
+            }
+            return;
+        }
+        let ns: Vec<usize> = layers.iter().map(|l| l.out_features()).collect();
+        fn many<W: gemv::WeightElem + shears_tensor::WithDType>(
+            layers: &[&Linear],
+            m: usize,
+            k: usize,
+            x: &[f32],
+            ns: &[usize],
+            ys: &mut [&mut [f32]],
+        ) {
+            let ws: Vec<&[W]> = layers
+                .iter()
+                .map(|l| slice::<W>(l.weight_tensor()))
+                .collect();
+            gemv::matmul_nt_many(m, k, x, &ws, ns, ys);
+        }
+        match dt {
+            DType::F32 => many::<f32>(layers, m, k, x, &ns, ys),
+            DType::BF16 => many::<bf16>(layers, m, k, x, &ns, ys),
+            DType::F16 => many::<f16>(layers, m, k, x, &ns, ys),
+            other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
+        }
+    }
     /// `x: (..., in)` f32 → `(..., out)` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.in_features();

@@ -163,9 +163,12 @@ impl Attention {
         let mut q = vec![0f32; t * h * hd];
         let mut k = vec![0f32; t * kvh * hd];
         let mut v = vec![0f32; t * kvh * hd];
-        self.q_proj.forward_slice(x, t, &mut q);
-        self.k_proj.forward_slice(x, t, &mut k);
-        self.v_proj.forward_slice(x, t, &mut v);
+        Linear::forward_many(
+            &[&self.q_proj, &self.k_proj, &self.v_proj],
+            x,
+            t,
+            &mut [&mut q, &mut k, &mut v],
+        );
         rotary.apply(&mut q, h, &positions);
         rotary.apply(&mut k, kvh, &positions);
         // Fold the 1/√d score scale into q once.
@@ -211,6 +214,42 @@ impl Attention {
             );
             ctx
         };
+        if t <= DIRECT_MAX_ROWS {
+            let mut merged = vec![0f32; t * h * hd];
+            let one = |(hh, out): (usize, &mut [f32])| {
+                let g = hh / groups;
+                let kg = &kc[g * cap * hd..(g * cap + l) * hd];
+                let vg = &vc[g * cap * hd..(g * cap + l) * hd];
+                let mut scores = vec![0f32; l];
+                for s in 0..t {
+                    let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
+                    attend_row(
+                        qs,
+                        kg,
+                        vg,
+                        p + s + 1,
+                        &mut scores,
+                        &mut out[s * hd..(s + 1) * hd],
+                    );
+                }
+            };
+            // Per head: out rows s of head hh are merged[(s·h + hh)·hd ..]; gather per head
+            // into a [h, t·hd] buffer first so heads own disjoint slices.
+            let mut per_head = vec![0f32; h * t * hd];
+            if t * l >= PAR_HEADS_MIN {
+                per_head.par_chunks_mut(t * hd).enumerate().for_each(one);
+            } else {
+                per_head.chunks_mut(t * hd).enumerate().for_each(one);
+            }
+            for hh in 0..h {
+                for s in 0..t {
+                    merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
+                        .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
+                }
+            }
+            self.o_proj.forward_slice(&merged, t, out);
+            return;
+        }
         let ctxs: Vec<Vec<f32>> = if t * l >= PAR_HEADS_MIN {
             (0..h).into_par_iter().map(head).collect()
         } else {
@@ -227,14 +266,55 @@ impl Attention {
     }
 }
 
+/// Up to this many new positions, attention runs row by row on the cache (decode); above, as
+/// GEMMs per head (prefill).
+const DIRECT_MAX_ROWS: usize = 4;
+
+/// One query row against the first `len` cached keys: `out = softmax(q·Kᵀ) · V`. `q` is already
+/// scaled by 1/√d; `k, v: [≥ len, d]`; `scores` has room for `len`.
+fn attend_row(q: &[f32], k: &[f32], v: &[f32], len: usize, scores: &mut [f32], out: &mut [f32]) {
+    let d = q.len();
+    for (j, sc) in scores[..len].iter_mut().enumerate() {
+        *sc = dot(q, &k[j * d..(j + 1) * d]);
+    }
+    fused::softmax_rows_inplace(&mut scores[..len], len);
+    out.fill(0.0);
+    for (j, &pj) in scores[..len].iter().enumerate() {
+        for (o, &vv) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *o += pj * vv;
+        }
+    }
+}
+
+/// A dot product in 16 independent lanes (the compiler keeps them in one vector register).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
 impl Mlp {
     /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
     fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
         let f = self.gate_proj.out_features();
         let mut gate = vec![0f32; t * f];
         let mut up = vec![0f32; t * f];
-        self.gate_proj.forward_slice(x, t, &mut gate);
-        self.up_proj.forward_slice(x, t, &mut up);
+        Linear::forward_many(
+            &[&self.gate_proj, &self.up_proj],
+            x,
+            t,
+            &mut [&mut gate, &mut up],
+        );
         let mut act = vec![0f32; t * f];
         fused::silu_mul(&gate, &up, &mut act);
         self.down_proj.forward_slice(&act, t, out);
@@ -472,6 +552,10 @@ impl Llama {
     /// Runs `ids` at positions `cache.len()..` through the decoder and the final norm, appending
     /// to the cache; returns the normed hidden states `[ids.len(), hidden]`.
     pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        in_pool(|| self.forward_hidden_impl(ids, cache))
+    }
+
+    fn forward_hidden_impl(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = ids.len();
         if cache.k.len() != c.num_hidden_layers
@@ -524,7 +608,7 @@ impl Llama {
     /// Logits `[rows, vocab]` of normed hidden states `[rows, hidden]`.
     pub fn logits_slice(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
         let mut out = vec![0f32; rows * self.config.vocab_size];
-        self.lm_head.forward_slice(hidden, rows, &mut out);
+        in_pool(|| self.lm_head.forward_slice(hidden, rows, &mut out));
         out
     }
 
@@ -544,4 +628,16 @@ impl Llama {
         let d = self.config.hidden_size;
         Ok(self.logits_slice(&h[(ids.len() - 1) * d..], 1))
     }
+}
+
+/// Runs `f` on a thread of rayon's pool. Each parallel kernel call made from outside the pool
+/// pays a cross-thread wake-up (about 20 µs on a 2-vCPU VM, measured), while one made from a
+/// worker is a cheap local push; a decode step makes hundreds of them.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
+    let mut out = None;
+    rayon::scope(|_| out = Some(f()));
+    out.expect("the scope ran the closure")
 }

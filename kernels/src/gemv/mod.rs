@@ -135,6 +135,90 @@ pub fn matmul_nt_with<W: WeightElem>(
     }
 }
 
+/// Several products with one input, `ys[i][m×nᵢ] = x[m×k] · ws[i][nᵢ×k]ᵀ`, as one parallel
+/// region: a decoder's Q, K and V projections (or its gate and up projections) cost one fork/join
+/// instead of three, and the threads balance over all their rows together. `ns[i]` is the row
+/// count of `ws[i]`.
+pub fn matmul_nt_many<W: WeightElem>(
+    m: usize,
+    k: usize,
+    x: &[f32],
+    ws: &[&[W]],
+    ns: &[usize],
+    ys: &mut [&mut [f32]],
+) {
+    let level = cpu::level();
+    assert_eq!(x.len(), m * k, "matmul_nt_many: x length");
+    assert!(
+        ws.len() == ns.len() && ws.len() == ys.len(),
+        "matmul_nt_many: {} weights, {} row counts, {} outputs",
+        ws.len(),
+        ns.len(),
+        ys.len()
+    );
+    for ((w, &n), y) in ws.iter().zip(ns).zip(ys.iter()) {
+        assert_eq!(w.len(), n * k, "matmul_nt_many: w length");
+        assert_eq!(y.len(), m * n, "matmul_nt_many: y length");
+    }
+    if m > SMALL_M || k == 0 || m == 0 {
+        for ((w, &n), y) in ws.iter().zip(ns).zip(ys.iter_mut()) {
+            matmul_nt_with(level, m, n, k, x, w, y);
+        }
+        return;
+    }
+    let total: usize = ns.iter().sum();
+    let threads = rayon::current_num_threads();
+    let rows_per_task = if threads == 1 || total * k < 1 << 16 {
+        total.max(1)
+    } else {
+        (total / (8 * threads)).clamp(8, 256)
+    };
+    let rows_per_task = rows_per_task.div_ceil(8) * 8;
+    let padded;
+    let (xp, ldx) = if m > 1 {
+        let ldx = k.next_multiple_of(16) + 16;
+        let mut v = vec![0f32; m * ldx];
+        for (dst, src) in v.chunks_mut(ldx).zip(x.chunks(k)) {
+            dst[..k].copy_from_slice(src);
+        }
+        padded = v;
+        (SendConstPtr(padded.as_ptr()), ldx)
+    } else {
+        (SendConstPtr(x.as_ptr()), k)
+    };
+    // (matrix, first row, end row) per task.
+    let mut tasks = Vec::new();
+    for (i, &n) in ns.iter().enumerate() {
+        for n0 in (0..n).step_by(rows_per_task) {
+            tasks.push((i, n0, (n0 + rows_per_task).min(n)));
+        }
+    }
+    let yps: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
+    let run = |&(i, n0, n1): &(usize, usize, usize)| {
+        // SAFETY: lengths checked above; each task writes only columns n0..n1 of output i, and
+        // no two tasks share a (matrix, column) pair; the level is supported.
+        unsafe {
+            rows_dispatch(
+                level,
+                m,
+                ns[i],
+                k,
+                ldx,
+                xp.get(),
+                ws[i].as_ptr(),
+                yps[i],
+                n0,
+                n1,
+            )
+        }
+    };
+    if tasks.len() > 1 {
+        tasks.par_iter().for_each(run);
+    } else {
+        tasks.iter().for_each(run);
+    }
+}
+
 /// Plain reference for [`matmul_nt`].
 pub fn matmul_nt_ref<W: WeightElem>(
     m: usize,
@@ -337,6 +421,43 @@ unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
     }
 }
 
+/// `y[r] = x · w[r]` for `R` weight rows (row stride `k`): the M = 1 (decode) case with its `R`
+/// accumulators in registers. (The general block keeps a `[4][4][R]` accumulator array whose
+/// zeroing alone wrote as many bytes as a bf16 block of 8 rows reads.)
+#[inline(always)]
+unsafe fn gemv_block<S: Simd, W: WeightElem, const R: usize>(
+    k: usize,
+    x: *const f32,
+    w: *const W,
+    y: *mut f32,
+) {
+    let mut a = [S::zero(); R];
+    let lines = (R * std::mem::size_of::<W>() * S::LANES).div_ceil(64);
+    let pf = w.add(R * k).cast::<u8>();
+    let mut kk = 0;
+    while kk + S::LANES <= k {
+        let base = pf.add((kk / S::LANES) * lines * 64);
+        for j in 0..lines {
+            S::prefetch(base.add(j * 64));
+        }
+        let xv = S::load_f32(x.add(kk), S::LANES);
+        for (r, ar) in a.iter_mut().enumerate() {
+            *ar = S::fma(load_w::<S, W>(w.add(r * k + kk), S::LANES), xv, *ar);
+        }
+        kk += S::LANES;
+    }
+    if kk < k {
+        let valid = k - kk;
+        let xv = S::load_f32(x.add(kk), valid);
+        for (r, ar) in a.iter_mut().enumerate() {
+            *ar = S::fma(load_w::<S, W>(w.add(r * k + kk), valid), xv, *ar);
+        }
+    }
+    for (r, &v) in a.iter().enumerate() {
+        *y.add(r) = S::hsum(v);
+    }
+}
+
 /// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: blocks of 8 weight rows for GEMV
 /// (M = 1, pure streaming), 6 weight rows × groups of 4 x rows otherwise.
 #[inline(always)]
@@ -352,7 +473,26 @@ unsafe fn rows<S: Simd, W: WeightElem>(
     n0: usize,
     n1: usize,
 ) {
-    let max = if m == 1 { 8 } else { 6 };
+    if m == 1 {
+        let mut j = n0;
+        while j < n1 {
+            let (wj, yj) = (w.add(j * k), y.add(j));
+            let r = (n1 - j).min(8);
+            match r {
+                8 => gemv_block::<S, W, 8>(k, x, wj, yj),
+                7 => gemv_block::<S, W, 7>(k, x, wj, yj),
+                6 => gemv_block::<S, W, 6>(k, x, wj, yj),
+                5 => gemv_block::<S, W, 5>(k, x, wj, yj),
+                4 => gemv_block::<S, W, 4>(k, x, wj, yj),
+                3 => gemv_block::<S, W, 3>(k, x, wj, yj),
+                2 => gemv_block::<S, W, 2>(k, x, wj, yj),
+                _ => gemv_block::<S, W, 1>(k, x, wj, yj),
+            }
+            j += r;
+        }
+        return;
+    }
+    let max = 6;
     let mut j = n0;
     while j < n1 {
         let (wj, yj) = (w.add(j * k), y.add(j));

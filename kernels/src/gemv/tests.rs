@@ -78,3 +78,38 @@ fn large_gemv_every_level() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// The fused multi-matrix product equals one reference product per matrix, on 1 and 2
+    /// threads, for row counts that do and do not fill a task, and for large m (the GEMM path).
+    #[test]
+    fn matmul_nt_many_matches_ref(
+        m in prop_oneof![Just(0usize), Just(1), Just(2), Just(16), Just(17), 1usize..20],
+        ns in proptest::collection::vec(prop_oneof![Just(0usize), Just(1), Just(8), Just(17), Just(300), 1usize..64], 1..4),
+        k in prop_oneof![Just(1usize), Just(15), Just(16), Just(17), Just(97), Just(256), 1usize..40],
+        seed: u64,
+        two: bool,
+    ) {
+        let x = fill(m * k, seed);
+        let ws: Vec<Vec<bf16>> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| fill(n * k, seed ^ (i as u64 + 1)).iter().map(|&v| bf16::from_f32(v)).collect())
+            .collect();
+        let mut ys: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(if two { 2 } else { 1 }).build().unwrap();
+        pool.install(|| {
+            let wrefs: Vec<&[bf16]> = ws.iter().map(|w| w.as_slice()).collect();
+            let mut yrefs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+            matmul_nt_many(m, k, &x, &wrefs, &ns, &mut yrefs);
+        });
+        for (i, &n) in ns.iter().enumerate() {
+            let mut r = vec![0f32; m * n];
+            matmul_nt_ref(m, n, k, &x, &ws[i], &mut r);
+            for (j, (a, b)) in ys[i].iter().zip(&r).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-5 * (k as f32 + 1.0), "matrix {i} m{m} n{n} k{k} [{j}] {a} vs {b}");
+            }
+        }
+    }
+}

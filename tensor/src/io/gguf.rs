@@ -769,6 +769,26 @@ impl Gguf {
     }
 
     /// The bytes of a tensor's data (bounds were validated in `open`).
+    /// Drops the file pages holding `t`'s bytes from this process's resident set once they have
+    /// been dequantized into an owned copy, so loading a model never holds the quantized file and
+    /// the dequantized weights in memory at once.
+    fn release(&self, t: &GgufTensorInfo) {
+        const PAGE: usize = 4096;
+        let start = (t.offset as usize).next_multiple_of(PAGE);
+        let end = (t.offset + t.n_bytes) as usize / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the map is a read-only private mapping of a file this process never writes,
+            // so no page holds private changes: MADV_DONTNEED only drops pages, and any later
+            // read of them (another tensor sharing a page, a zero-copy tensor) faults the same
+            // bytes back in from the file. The range lies inside the map (checked at open).
+            unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                    .ok();
+            }
+        }
+    }
+
     fn bytes(&self, t: &GgufTensorInfo) -> &[u8] {
         &self.map[t.offset as usize..(t.offset + t.n_bytes) as usize]
     }
@@ -803,7 +823,51 @@ impl Gguf {
             GgmlType::Q4_1 => quant::dequantize_q4_1(src, &mut out),
             _ => return Err(self.unsupported(t)),
         }
+        self.release(t);
         Ok(out)
+    }
+
+    /// Dequantizes a Q8_0/Q4_0/Q4_1 tensor straight to f16 or bf16, a chunk of blocks at a time,
+    /// so no f32 copy of the whole tensor is ever held (the embedding table of a small model is
+    /// larger in f32 than all its half-precision projections together).
+    fn dequantize_to_half(&self, t: &GgufTensorInfo, dtype: DType, shape: Shape) -> Result<Tensor> {
+        const CHUNK_BLOCKS: usize = 2048;
+        let n = t.elem_count();
+        let src = self.bytes(t);
+        let block_bytes = match t.ggml_type {
+            GgmlType::Q8_0 => quant::Q8_0_BYTES,
+            GgmlType::Q4_0 => quant::Q4_0_BYTES,
+            GgmlType::Q4_1 => quant::Q4_1_BYTES,
+            _ => return Err(self.unsupported(t)),
+        };
+        let deq = |src: &[u8], dst: &mut [f32]| match t.ggml_type {
+            GgmlType::Q8_0 => quant::dequantize_q8_0(src, dst),
+            GgmlType::Q4_0 => quant::dequantize_q4_0(src, dst),
+            _ => quant::dequantize_q4_1(src, dst),
+        };
+        let mut scratch = vec![0f32; CHUNK_BLOCKS * quant::QK];
+        let chunks = src
+            .chunks(CHUNK_BLOCKS * block_bytes)
+            .zip((0..n).step_by(CHUNK_BLOCKS * quant::QK));
+        let storage = if dtype == DType::F16 {
+            let mut v = vec![f16::ZERO; n];
+            for (bytes, start) in chunks {
+                let len = bytes.len() / block_bytes * quant::QK;
+                deq(bytes, &mut scratch[..len]);
+                fused::f32_to_f16(&scratch[..len], &mut v[start..start + len]);
+            }
+            CpuStorage::F16(v.into())
+        } else {
+            let mut v = vec![bf16::ZERO; n];
+            for (bytes, start) in chunks {
+                let len = bytes.len() / block_bytes * quant::QK;
+                deq(bytes, &mut scratch[..len]);
+                fused::f32_to_bf16(&scratch[..len], &mut v[start..start + len]);
+            }
+            CpuStorage::BF16(v.into())
+        };
+        self.release(t);
+        Ok(Tensor::from_cpu(storage, shape))
     }
 
     /// The tensor called `name` converted to `dtype` (f32, f16 or bf16): quantized types are
@@ -829,6 +893,13 @@ impl Gguf {
         };
         if stored == dtype {
             return self.tensor(name);
+        }
+        let quantized = matches!(
+            t.ggml_type,
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1
+        );
+        if quantized && dtype != DType::F32 {
+            return self.dequantize_to_half(t, dtype, shape);
         }
         // f32 first (exact for f16/bf16 sources), then narrowed if asked.
         let f32s: Vec<f32> = match t.ggml_type {
