@@ -137,6 +137,8 @@ pub fn run_eval(args: &EvalArgs) -> CliResult {
     };
     let text = eval::load_texts(&files)?;
     let mut ids = tok.encode(&text, false)?;
+    // Only the ids are needed from here on; the tokenizer's tables and the text are tens of MB.
+    drop((tok, text));
     let total_tokens = ids.len();
     if let Some(w) = args.max_windows {
         ids.truncate(w * args.seqlen);
@@ -239,7 +241,7 @@ pub fn run_generate(args: &GenerateArgs) -> CliResult {
     let mut stream = tok.stream();
     let mut out = std::io::stdout().lock();
     if !args.json {
-        write!(out, "{}", args.prompt)?;
+        write!(out, "{}{}", args.prompt, if args.chat { "\n" } else { "" })?;
         out.flush()?;
     }
     let eos = model.config.eos_token_ids.clone();
@@ -319,7 +321,7 @@ pub struct ModelBenchArgs {
 const LIMITS_READ_BYTES: usize = 256 << 20;
 
 pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
-    let (model, _tok, load_secs) = args.model.load()?;
+    let (model, _, load_secs) = args.model.load()?;
     let c = &model.config;
     if args.prefill == 0 || args.prefill + args.decode > c.max_position_embeddings {
         return Err(format!(
