@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use shears::kernels::limits;
 use shears::models::eval;
-use shears::models::generate::{self, GenerateOptions, SamplingParams, StopReason};
+use shears::models::generate::{self, GenerateOptions, Sampler, SamplingParams, StopReason};
 use shears::models::llama::{KvCache, Llama};
 use shears::models::load::{self, LoadOptions};
 use shears::models::tokenizer::Tokenizer;
@@ -342,8 +342,9 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     let mut logits = model.forward_last(&ids, &mut cache)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
+    let mut greedy = Sampler::new(SamplingParams::greedy());
     for _ in 0..args.decode {
-        let next = argmax(&logits);
+        let next = greedy.sample(&logits)?;
         logits = model.forward_last(&[next], &mut cache)?;
     }
     let decode_secs = t1.elapsed().as_secs_f64();
@@ -432,16 +433,6 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
         }
     }
     Ok(())
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn progress_bar(len: u64, show: bool, unit: &str) -> ProgressBar {

@@ -187,10 +187,21 @@ impl Attention {
         let l = p + t;
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
         let groups = h / kvh;
-        let head = |hh: usize| -> Vec<f32> {
+        // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`:
+        // row by row on the cache for a few new positions (decode), as two GEMMs otherwise.
+        let head = |(hh, ctx): (usize, &mut [f32])| {
             let g = hh / groups;
             let kg = &kc[g * cap * hd..(g * cap + l) * hd];
             let vg = &vc[g * cap * hd..(g * cap + l) * hd];
+            if t <= DIRECT_MAX_ROWS {
+                let mut scores = vec![0f32; l];
+                for s in 0..t {
+                    let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
+                    let row = &mut ctx[s * hd..(s + 1) * hd];
+                    attend_row(qs, kg, vg, p + s + 1, &mut scores, row);
+                }
+                return;
+            }
             let mut scores = vec![0f32; t * l];
             // scores[t, l] = q_h[t, hd] · K_gᵀ
             gemm(
@@ -202,7 +213,6 @@ impl Attention {
                 &mut scores,
             );
             fused::softmax_causal_inplace(&mut scores, t, l, p);
-            let mut ctx = vec![0f32; t * hd];
             // ctx[t, hd] = P[t, l] · V_g[l, hd]
             gemm(
                 t,
@@ -210,56 +220,21 @@ impl Attention {
                 l,
                 MatRef::new(&scores, l, 1),
                 MatRef::new(vg, hd, 1),
-                &mut ctx,
+                ctx,
             );
-            ctx
         };
-        if t <= DIRECT_MAX_ROWS {
-            let mut merged = vec![0f32; t * h * hd];
-            let one = |(hh, out): (usize, &mut [f32])| {
-                let g = hh / groups;
-                let kg = &kc[g * cap * hd..(g * cap + l) * hd];
-                let vg = &vc[g * cap * hd..(g * cap + l) * hd];
-                let mut scores = vec![0f32; l];
-                for s in 0..t {
-                    let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
-                    attend_row(
-                        qs,
-                        kg,
-                        vg,
-                        p + s + 1,
-                        &mut scores,
-                        &mut out[s * hd..(s + 1) * hd],
-                    );
-                }
-            };
-            // Per head: out rows s of head hh are merged[(s·h + hh)·hd ..]; gather per head
-            // into a [h, t·hd] buffer first so heads own disjoint slices.
-            let mut per_head = vec![0f32; h * t * hd];
-            if t * l >= PAR_HEADS_MIN {
-                per_head.par_chunks_mut(t * hd).enumerate().for_each(one);
-            } else {
-                per_head.chunks_mut(t * hd).enumerate().for_each(one);
-            }
-            for hh in 0..h {
-                for s in 0..t {
-                    merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
-                        .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
-                }
-            }
-            self.o_proj.forward_slice(&merged, t, out);
-            return;
-        }
-        let ctxs: Vec<Vec<f32>> = if t * l >= PAR_HEADS_MIN {
-            (0..h).into_par_iter().map(head).collect()
+        let mut per_head = vec![0f32; h * t * hd];
+        if t * l >= PAR_HEADS_MIN {
+            per_head.par_chunks_mut(t * hd).enumerate().for_each(head);
         } else {
-            (0..h).map(head).collect()
-        };
+            per_head.chunks_mut(t * hd).enumerate().for_each(head);
+        }
+        // Back to the token-major layout o_proj reads: row s holds heads 0..h.
         let mut merged = vec![0f32; t * h * hd];
-        for (hh, ctx) in ctxs.iter().enumerate() {
+        for hh in 0..h {
             for s in 0..t {
                 merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
-                    .copy_from_slice(&ctx[s * hd..(s + 1) * hd]);
+                    .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
             }
         }
         self.o_proj.forward_slice(&merged, t, out);

@@ -96,43 +96,7 @@ pub fn matmul_nt_with<W: WeightElem>(
     if m > SMALL_M {
         return large_m(level, m, n, k, x, w, y);
     }
-    // Tasks of whole weight rows; enough of them to balance the threads.
-    let threads = rayon::current_num_threads();
-    let rows_per_task = if threads == 1 || n * k < 1 << 16 {
-        n
-    } else {
-        (n / (8 * threads)).clamp(8, 256)
-    };
-    let rows_per_task = rows_per_task.div_ceil(8) * 8;
-    let yp = SendPtr(y.as_mut_ptr());
-    // Rows of x a multiple of 4 KiB apart would share L1 sets (and evict each other) when read at
-    // the same column; copy them with one cache line of padding between rows.
-    let padded;
-    let (xp, ldx) = if m > 1 {
-        let ldx = k.next_multiple_of(16) + 16;
-        let mut v = vec![0f32; m * ldx];
-        for (dst, src) in v.chunks_mut(ldx).zip(x.chunks(k)) {
-            dst[..k].copy_from_slice(src);
-        }
-        padded = v;
-        (SendConstPtr(padded.as_ptr()), ldx)
-    } else {
-        (SendConstPtr(x.as_ptr()), k)
-    };
-    let task = |t: usize| {
-        let xp = xp.get();
-        let n0 = t * rows_per_task;
-        let n1 = (n0 + rows_per_task).min(n);
-        // SAFETY: x, w and y lengths were checked; the task writes only columns n0..n1 of y, and
-        // the level is supported.
-        unsafe { rows_dispatch(level, m, n, k, ldx, xp, w.as_ptr(), yp, n0, n1) }
-    };
-    let tasks = n.div_ceil(rows_per_task);
-    if tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
-    } else {
-        task(0);
-    }
+    small_m(level, m, k, x, &[(w, n, SendPtr(y.as_mut_ptr()))]);
 }
 
 /// Several products with one input, `ys[i][m×nᵢ] = x[m×k] · ws[i][nᵢ×k]ᵀ`, as one parallel
@@ -166,7 +130,26 @@ pub fn matmul_nt_many<W: WeightElem>(
         }
         return;
     }
-    let total: usize = ns.iter().sum();
+    let parts: Vec<(&[W], usize, SendPtr)> = ws
+        .iter()
+        .zip(ns)
+        .zip(ys.iter_mut())
+        .map(|((w, &n), y)| (*w, n, SendPtr(y.as_mut_ptr())))
+        .collect();
+    small_m(level, m, k, x, &parts);
+}
+
+/// The row-streaming path for `m ≤ SMALL_M`: `y_i = x · w_iᵀ` for every part `(w_i, n_i, y_i)`,
+/// as one parallel region over tasks of whole weight rows. Lengths were checked by the caller.
+fn small_m<W: WeightElem>(
+    level: Level,
+    m: usize,
+    k: usize,
+    x: &[f32],
+    parts: &[(&[W], usize, SendPtr)],
+) {
+    // Tasks of whole weight rows; enough of them to balance the threads.
+    let total: usize = parts.iter().map(|p| p.1).sum();
     let threads = rayon::current_num_threads();
     let rows_per_task = if threads == 1 || total * k < 1 << 16 {
         total.max(1)
@@ -174,6 +157,8 @@ pub fn matmul_nt_many<W: WeightElem>(
         (total / (8 * threads)).clamp(8, 256)
     };
     let rows_per_task = rows_per_task.div_ceil(8) * 8;
+    // Rows of x a multiple of 4 KiB apart would share L1 sets (and evict each other) when read at
+    // the same column; copy them with one cache line of padding between rows.
     let padded;
     let (xp, ldx) = if m > 1 {
         let ldx = k.next_multiple_of(16) + 16;
@@ -186,31 +171,18 @@ pub fn matmul_nt_many<W: WeightElem>(
     } else {
         (SendConstPtr(x.as_ptr()), k)
     };
-    // (matrix, first row, end row) per task.
+    // (part, first row, end row) per task.
     let mut tasks = Vec::new();
-    for (i, &n) in ns.iter().enumerate() {
+    for (i, &(_, n, _)) in parts.iter().enumerate() {
         for n0 in (0..n).step_by(rows_per_task) {
             tasks.push((i, n0, (n0 + rows_per_task).min(n)));
         }
     }
-    let yps: Vec<SendPtr> = ys.iter_mut().map(|y| SendPtr(y.as_mut_ptr())).collect();
     let run = |&(i, n0, n1): &(usize, usize, usize)| {
-        // SAFETY: lengths checked above; each task writes only columns n0..n1 of output i, and
-        // no two tasks share a (matrix, column) pair; the level is supported.
-        unsafe {
-            rows_dispatch(
-                level,
-                m,
-                ns[i],
-                k,
-                ldx,
-                xp.get(),
-                ws[i].as_ptr(),
-                yps[i],
-                n0,
-                n1,
-            )
-        }
+        let (w, n, y) = parts[i];
+        // SAFETY: the callers checked x, w and y lengths; each task writes only columns n0..n1
+        // of its part's y, no two tasks share a (part, column) pair, and the level is supported.
+        unsafe { rows_dispatch(level, m, n, k, ldx, xp.get(), w.as_ptr(), y, n0, n1) }
     };
     if tasks.len() > 1 {
         tasks.par_iter().for_each(run);

@@ -816,15 +816,20 @@ impl Gguf {
     /// The elements of a quantized tensor as f32.
     fn dequantize(&self, t: &GgufTensorInfo) -> Result<Vec<f32>> {
         let mut out = vec![0f32; t.elem_count()];
-        let src = self.bytes(t);
-        match t.ggml_type {
-            GgmlType::Q8_0 => quant::dequantize_q8_0(src, &mut out),
-            GgmlType::Q4_0 => quant::dequantize_q4_0(src, &mut out),
-            GgmlType::Q4_1 => quant::dequantize_q4_1(src, &mut out),
-            _ => return Err(self.unsupported(t)),
-        }
+        self.dequantize_into(t, self.bytes(t), &mut out)?;
         self.release(t);
         Ok(out)
+    }
+
+    /// Dequantizes whole blocks `src` of `t`'s type into `dst` (Q8_0, Q4_0 and Q4_1 only).
+    fn dequantize_into(&self, t: &GgufTensorInfo, src: &[u8], dst: &mut [f32]) -> Result<()> {
+        match t.ggml_type {
+            GgmlType::Q8_0 => quant::dequantize_q8_0(src, dst),
+            GgmlType::Q4_0 => quant::dequantize_q4_0(src, dst),
+            GgmlType::Q4_1 => quant::dequantize_q4_1(src, dst),
+            _ => return Err(self.unsupported(t)),
+        }
+        Ok(())
     }
 
     /// Dequantizes a Q8_0/Q4_0/Q4_1 tensor straight to f16 or bf16, a chunk of blocks at a time,
@@ -834,16 +839,9 @@ impl Gguf {
         const CHUNK_BLOCKS: usize = 2048;
         let n = t.elem_count();
         let src = self.bytes(t);
-        let block_bytes = match t.ggml_type {
-            GgmlType::Q8_0 => quant::Q8_0_BYTES,
-            GgmlType::Q4_0 => quant::Q4_0_BYTES,
-            GgmlType::Q4_1 => quant::Q4_1_BYTES,
-            _ => return Err(self.unsupported(t)),
-        };
-        let deq = |src: &[u8], dst: &mut [f32]| match t.ggml_type {
-            GgmlType::Q8_0 => quant::dequantize_q8_0(src, dst),
-            GgmlType::Q4_0 => quant::dequantize_q4_0(src, dst),
-            _ => quant::dequantize_q4_1(src, dst),
+        let block_bytes = match t.ggml_type.block() {
+            Some((_, bytes)) => bytes as usize,
+            None => return Err(self.unsupported(t)),
         };
         let mut scratch = vec![0f32; CHUNK_BLOCKS * quant::QK];
         let chunks = src
@@ -853,7 +851,7 @@ impl Gguf {
             let mut v = vec![f16::ZERO; n];
             for (bytes, start) in chunks {
                 let len = bytes.len() / block_bytes * quant::QK;
-                deq(bytes, &mut scratch[..len]);
+                self.dequantize_into(t, bytes, &mut scratch[..len])?;
                 fused::f32_to_f16(&scratch[..len], &mut v[start..start + len]);
             }
             CpuStorage::F16(v.into())
@@ -861,7 +859,7 @@ impl Gguf {
             let mut v = vec![bf16::ZERO; n];
             for (bytes, start) in chunks {
                 let len = bytes.len() / block_bytes * quant::QK;
-                deq(bytes, &mut scratch[..len]);
+                self.dequantize_into(t, bytes, &mut scratch[..len])?;
                 fused::f32_to_bf16(&scratch[..len], &mut v[start..start + len]);
             }
             CpuStorage::BF16(v.into())
