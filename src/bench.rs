@@ -38,6 +38,8 @@ enum BenchCommand {
     /// Time dense GEMM and x·Wᵀ with f32, bf16 and f16 weights against the machine's f32 FMA peak
     /// and memory read bandwidth, which are probed first.
     Kernels(KernelsArgs),
+    /// Time sparse weight products (bitmask, N:M, CSR) against the dense kernel in the same run.
+    Sparse(crate::bench_sparse::SparseArgs),
 }
 
 #[derive(Args)]
@@ -79,6 +81,7 @@ impl From<LevelArg> for Level {
 pub fn run(args: &BenchArgs) -> CliResult {
     match &args.what {
         Some(BenchCommand::Kernels(a)) => kernels(a),
+        Some(BenchCommand::Sparse(a)) => crate::bench_sparse::run(a),
         None => crate::model_cmd::run_model_bench(&args.model),
     }
 }

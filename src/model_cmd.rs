@@ -61,7 +61,7 @@ impl ModelArgs {
         Ok(p)
     }
 
-    fn load(&self) -> Result<(Llama, Tokenizer, f64), Box<dyn std::error::Error>> {
+    pub fn load(&self) -> Result<(Llama, Tokenizer, f64), Box<dyn std::error::Error>> {
         set_threads(self.threads)?;
         let path = self.path()?;
         let t0 = Instant::now();
@@ -77,7 +77,7 @@ impl ModelArgs {
 
 /// Downloads the default model and corpus (as `shears fetch` does) when a command needs them and
 /// they are missing, so `shears eval` alone works on a fresh machine.
-fn ensure_default_assets(dir: &std::path::Path) -> CliResult {
+pub fn ensure_default_assets(dir: &std::path::Path) -> CliResult {
     eprintln!(
         "the default model or corpus is missing from {}: fetching them (as `shears fetch` does)",
         dir.display()
@@ -447,6 +447,30 @@ fn progress_bar(len: u64, show: bool, unit: &str) -> ProgressBar {
         .expect("a valid template"),
     );
     bar
+}
+
+/// Decode speed in tokens/s: a 64-token prefill of `prompt`'s ids, then `tokens` greedy steps
+/// (after a short warm-up that touches every weight).
+pub fn decode_tokens_per_s(
+    model: &Llama,
+    prompt: &[u32],
+    tokens: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let p = &prompt[..64.min(prompt.len())];
+    if p.is_empty() {
+        return Err("decode benchmark: empty prompt".into());
+    }
+    let mut cache = KvCache::new(&model.config, p.len() + tokens);
+    model.forward_last(&p[..p.len().min(8)], &mut cache)?;
+    cache.clear();
+    let mut logits = model.forward_last(p, &mut cache)?;
+    let mut greedy = Sampler::new(SamplingParams::greedy());
+    let t = Instant::now();
+    for _ in 0..tokens {
+        let next = greedy.sample(&logits)?;
+        logits = model.forward_last(&[next], &mut cache)?;
+    }
+    Ok(tokens as f64 / t.elapsed().as_secs_f64())
 }
 
 /// The process's peak resident set size (Linux `VmHWM`), if it can be read.

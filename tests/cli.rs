@@ -167,3 +167,42 @@ fn inspect_corrupt_file_fails_cleanly() {
     let o = shears(&["inspect", "--json", truncated.to_str().unwrap()]);
     assert_clean_failure(&o, "truncated.safetensors");
 }
+
+#[test]
+fn inspect_reads_a_gguf_file() {
+    // The fetched default model (skips when `shears fetch` has not run).
+    let dir = std::env::var_os("SHEARS_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
+    let gguf = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!(
+            "skipping: {} is missing (run `shears fetch`)",
+            gguf.display()
+        );
+        return;
+    }
+    let o = shears(&["inspect", "--json", gguf.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 30 layers × 9 tensors + token_embd + output_norm (the head is tied).
+    assert_eq!(rows.len(), 30 * 9 + 2, "{out}");
+    let q = rows
+        .iter()
+        .find(|r| r["name"] == "blk.0.attn_q.weight")
+        .expect("blk.0.attn_q.weight listed");
+    assert_eq!(q["shape"], serde_json::json!([576, 576]));
+    assert_eq!(q["dtype"], "Q4_1");
+    // Q4_1: 20 bytes per block of 32 weights.
+    assert_eq!(q["bytes"], 576 * 576 / 32 * 20);
+    let o = shears(&["inspect", gguf.to_str().unwrap()]);
+    assert!(
+        o.status.success() && stdout(&o).contains("total: 272 tensors"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -73,6 +73,8 @@ pub(crate) enum Op {
     Gather(Var, Tensor, usize),
     /// Mask (a constant), on-true, on-false.
     WhereCond(Tensor, Var, Var),
+    /// Input `(..., in)`, kept values `[nnz]`, and the sparsity structure of `W: [out, in]`.
+    SparseLinear(Var, Var, shears_tensor::sparse::SparseTensor),
 }
 
 impl Op {
@@ -103,7 +105,10 @@ impl Op {
             | Op::BroadcastAs(x)
             | Op::IndexSelect(x, ..)
             | Op::Gather(x, ..) => f(x),
-            Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::WhereCond(_, a, b) => {
+            Op::Binary(a, b, _)
+            | Op::Matmul(a, b)
+            | Op::WhereCond(_, a, b)
+            | Op::SparseLinear(a, b, _) => {
                 f(a);
                 f(b);
             }
@@ -273,6 +278,24 @@ pub(crate) fn propagate(op: &Op, g: Tensor, pending: &mut HashMap<u64, Tensor>) 
             if b.requires_grad() {
                 let gb = a.tensor().t()?.matmul(&g)?;
                 acc(b, sum_to(gb, b.dims())?)?;
+            }
+            Ok(())
+        }
+        // y = x · Wᵀ with W sparse: dx = g · W; dvalues = (gᵀ · x) at the kept entries only.
+        Op::SparseLinear(x, values, s) => {
+            let (dx, dv) = crate::sparse::backward(
+                x.tensor(),
+                values.tensor(),
+                s,
+                &g,
+                x.requires_grad(),
+                values.requires_grad(),
+            )?;
+            if let Some(dx) = dx {
+                acc(x, dx)?;
+            }
+            if let Some(dv) = dv {
+                acc(values, dv)?;
             }
             Ok(())
         }

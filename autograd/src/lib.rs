@@ -35,6 +35,7 @@ mod backward;
 pub mod nn;
 mod ops;
 pub mod optim;
+pub mod sparse;
 mod var;
 
 pub use var::{is_grad_enabled, no_grad, Grads, Var, VarId};

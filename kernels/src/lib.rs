@@ -27,6 +27,7 @@ pub mod quant;
 pub mod reduce;
 mod send_ptr;
 pub mod softmax;
+pub mod sparse;
 #[doc(hidden)]
 pub mod testing;
 

@@ -16,15 +16,20 @@
 use half::{bf16, f16};
 use shears_kernels::fused::{self, RopeLayout};
 use shears_kernels::gemv;
+use shears_tensor::sparse::SparseTensor;
 use shears_tensor::{DType, Error, Result, Tensor};
+use std::borrow::Cow;
 
 /// The weight of a [`Linear`] layer, `[out_features, in_features]` as checkpoints store it.
-/// Sparse and quantized formats join this enum in later work; callers go through [`Linear`].
+/// Quantized formats join this enum in later work; callers go through [`Linear`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Weight {
     /// A dense, contiguous f32, bf16 or f16 matrix.
     Dense(Tensor),
+    /// A sparse matrix (bitmask, N:M or CSR) with f32, bf16 or f16 values: the forward pass
+    /// reads only the kept weights, through the sparse kernels.
+    Sparse(SparseTensor),
 }
 
 /// `y = x · Wᵀ` (no bias: LLaMA's projections have none).
@@ -41,10 +46,14 @@ fn check_float_matrix(op: &'static str, w: &Tensor) -> Result<()> {
             format!("expected a rank-2 weight, got shape {}", w.shape()),
         ));
     }
-    if !matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    check_float(op, w.dtype())
+}
+
+fn check_float(op: &'static str, dtype: DType) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(Error::UnsupportedDType {
             op,
-            dtype: w.dtype(),
+            dtype,
             expected: "f32, bf16 or f16 weights",
         });
     }
@@ -59,29 +68,67 @@ impl Linear {
             weight: Weight::Dense(weight.contiguous()?),
         })
     }
-    /// The weight as a tensor `[out, in]`.
-    pub fn weight_tensor(&self) -> &Tensor {
+    /// A sparse layer from a `[out, in]` sparse weight with f32, bf16 or f16 values.
+    pub fn new_sparse(weight: SparseTensor) -> Result<Linear> {
+        check_float("Linear::new_sparse", weight.dtype())?;
+        Ok(Linear {
+            weight: Weight::Sparse(weight),
+        })
+    }
+    /// The weight as a dense tensor `[out, in]` (a sparse weight is expanded, pruned entries
+    /// +0.0).
+    pub fn weight_tensor(&self) -> Cow<'_, Tensor> {
         match &self.weight {
-            Weight::Dense(t) => t,
+            Weight::Dense(t) => Cow::Borrowed(t),
+            Weight::Sparse(s) => Cow::Owned(
+                s.to_dense()
+                    .expect("a validated sparse weight expands to a dense one"),
+            ),
+        }
+    }
+    /// The sparse weight, if the layer holds one.
+    pub fn sparse(&self) -> Option<&SparseTensor> {
+        match &self.weight {
+            Weight::Dense(_) => None,
+            Weight::Sparse(s) => Some(s),
+        }
+    }
+    /// `[out_features, in_features]`.
+    pub fn shape(&self) -> [usize; 2] {
+        match &self.weight {
+            Weight::Dense(t) => [t.dims()[0], t.dims()[1]],
+            Weight::Sparse(s) => s.shape(),
+        }
+    }
+    /// The storage dtype of the weight (of the kept values when sparse).
+    pub fn dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Dense(t) => t.dtype(),
+            Weight::Sparse(s) => s.dtype(),
         }
     }
     /// Output width.
     pub fn out_features(&self) -> usize {
-        self.weight_tensor().dims()[0]
+        self.shape()[0]
     }
     /// Input width.
     pub fn in_features(&self) -> usize {
-        self.weight_tensor().dims()[1]
+        self.shape()[1]
     }
-    /// Bytes of weight read by one forward pass.
+    /// Bytes of weight read by one forward pass (values, masks and offsets when sparse).
     pub fn weight_bytes(&self) -> usize {
-        let w = self.weight_tensor();
-        w.elem_count() * w.dtype().size_in_bytes()
+        match &self.weight {
+            Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+            Weight::Sparse(s) => s.weight_bytes(),
+        }
     }
     /// `y[m, out] = x[m, in] · Wᵀ` on plain buffers. Panics on wrong lengths (callers check).
     pub fn forward_slice(&self, x: &[f32], m: usize, y: &mut [f32]) {
         let (n, k) = (self.out_features(), self.in_features());
-        let w = self.weight_tensor();
+        let w = match &self.weight {
+            Weight::Dense(w) => w,
+            Weight::Sparse(s) => return s.matmul_nt_slice(x, m, y),
+        };
         match w.dtype() {
             DType::F32 => gemv::matmul_nt(m, n, k, x, slice::<f32>(w), y),
             DType::BF16 => gemv::matmul_nt(m, n, k, x, slice::<bf16>(w), y),
@@ -90,40 +137,42 @@ impl Linear {
         }
     }
     /// Several layers with the same input, `ys[i][m, outᵢ] = x[m, in] · Wᵢᵀ`, as one parallel
-    /// region when their weights share a dtype (Q/K/V, gate/up). Panics on wrong lengths.
+    /// region when their weights are dense and share a dtype (Q/K/V, gate/up). Panics on wrong
+    /// lengths.
     pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
         assert_eq!(layers.len(), ys.len(), "Linear::forward_many: outputs");
         let Some(first) = layers.first() else { return };
         let k = first.in_features();
-        let dt = first.weight_tensor().dtype();
-        if layers
+        let dt = first.dtype();
+        let dense: Option<Vec<&Tensor>> = layers
             .iter()
-            .any(|l| l.in_features() != k || l.weight_tensor().dtype() != dt)
-        {
+            .map(|l| match &l.weight {
+                Weight::Dense(t) if l.in_features() == k && t.dtype() == dt => Some(t),
+                _ => None,
+            })
+            .collect();
+        let Some(dense) = dense else {
             for (l, y) in layers.iter().zip(ys.iter_mut()) {
                 l.forward_slice(x, m, y);
             }
             return;
-        }
+        };
         let ns: Vec<usize> = layers.iter().map(|l| l.out_features()).collect();
         fn many<W: gemv::WeightElem + shears_tensor::WithDType>(
-            layers: &[&Linear],
+            ws: &[&Tensor],
             m: usize,
             k: usize,
             x: &[f32],
             ns: &[usize],
             ys: &mut [&mut [f32]],
         ) {
-            let ws: Vec<&[W]> = layers
-                .iter()
-                .map(|l| slice::<W>(l.weight_tensor()))
-                .collect();
+            let ws: Vec<&[W]> = ws.iter().map(|w| slice::<W>(w)).collect();
             gemv::matmul_nt_many(m, k, x, &ws, ns, ys);
         }
         match dt {
-            DType::F32 => many::<f32>(layers, m, k, x, &ns, ys),
-            DType::BF16 => many::<bf16>(layers, m, k, x, &ns, ys),
-            DType::F16 => many::<f16>(layers, m, k, x, &ns, ys),
+            DType::F32 => many::<f32>(&dense, m, k, x, &ns, ys),
+            DType::BF16 => many::<bf16>(&dense, m, k, x, &ns, ys),
+            DType::F16 => many::<f16>(&dense, m, k, x, &ns, ys),
             other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
         }
     }

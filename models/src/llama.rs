@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use shears_kernels::fused::{self, RopeLayout};
 use shears_kernels::gemm::{gemm, MatRef};
 use shears_tensor::{DType, Error, Result, Tensor};
+use std::borrow::Cow;
 
 /// Causal self-attention with grouped-query heads.
 #[derive(Debug, Clone)]
@@ -157,6 +158,21 @@ impl Attention {
         layer: usize,
         out: &mut [f32],
     ) {
+        let merged = self.context(c, rotary, x, t, cache, layer);
+        self.o_proj.forward_slice(&merged, t, out);
+    }
+
+    /// The attention context before `o_proj`: `x: [t, hidden]` (normed) → `[t, heads · head_dim]`,
+    /// row `s` holding heads `0..heads`; appends the keys and values to `layer`'s cache.
+    fn context(
+        &self,
+        c: &LlamaConfig,
+        rotary: &Rotary,
+        x: &[f32],
+        t: usize,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Vec<f32> {
         let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let p = cache.len;
         let positions: Vec<usize> = (p..p + t).collect();
@@ -237,7 +253,7 @@ impl Attention {
                     .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
             }
         }
-        self.o_proj.forward_slice(&merged, t, out);
+        merged
     }
 }
 
@@ -281,18 +297,90 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 impl Mlp {
     /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
     fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        let act = self.activation(x, t);
+        self.down_proj.forward_slice(&act, t, out);
+    }
+
+    /// The input of `down_proj`: `silu(gate(x)) ⊙ up(x)`, `x: [t, hidden]` → `[t, intermediate]`.
+    pub fn activation(&self, x: &[f32], t: usize) -> Vec<f32> {
         let f = self.gate_proj.out_features();
         let mut gate = vec![0f32; t * f];
         let mut up = vec![0f32; t * f];
-        Linear::forward_many(
-            &[&self.gate_proj, &self.up_proj],
-            x,
-            t,
-            &mut [&mut gate, &mut up],
-        );
+        in_pool(|| {
+            Linear::forward_many(
+                &[&self.gate_proj, &self.up_proj],
+                x,
+                t,
+                &mut [&mut gate, &mut up],
+            )
+        });
         let mut act = vec![0f32; t * f];
         fused::silu_mul(&gate, &up, &mut act);
-        self.down_proj.forward_slice(&act, t, out);
+        act
+    }
+}
+
+/// Stage by stage access to one decoder layer on one window at positions `0..t` with no cache,
+/// for layer-wise calibration (pruning observes the input of each projection group, prunes it,
+/// then runs the next stage with the pruned weights).
+impl DecoderLayer {
+    /// The input of `q_proj`, `k_proj` and `v_proj`: `input_layernorm(x)`, `x: [t, hidden]`.
+    pub fn attention_input(&self, x: &[f32]) -> Vec<f32> {
+        let mut xn = vec![0f32; x.len()];
+        self.input_layernorm.forward_slice(x, &mut xn);
+        xn
+    }
+
+    /// The input of `o_proj`: causal attention over positions `0..t` of the normed window
+    /// `xn: [t, hidden]` → `[t, heads · head_dim]`.
+    pub fn attention_context(
+        &self,
+        c: &LlamaConfig,
+        rotary: &Rotary,
+        xn: &[f32],
+        t: usize,
+    ) -> Vec<f32> {
+        let mut cache = KvCache {
+            k: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
+            v: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
+            len: 0,
+            capacity: t,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        in_pool(|| self.self_attn.context(c, rotary, xn, t, &mut cache, 0))
+    }
+
+    /// `x += o_proj(ctx)`: the residual stream after attention, in place (`ctx` from
+    /// [`attention_context`](Self::attention_context)).
+    pub fn attention_residual(&self, x: &mut [f32], ctx: &[f32], t: usize) {
+        let mut y = vec![0f32; x.len()];
+        in_pool(|| self.self_attn.o_proj.forward_slice(ctx, t, &mut y));
+        fused::add_assign(x, &y);
+    }
+
+    /// The input of `gate_proj` and `up_proj`: `post_attention_layernorm(h)`.
+    pub fn mlp_input(&self, h: &[f32]) -> Vec<f32> {
+        let mut xn = vec![0f32; h.len()];
+        self.post_attention_layernorm.forward_slice(h, &mut xn);
+        xn
+    }
+
+    /// `h += down_proj(act)`: the layer's output, in place (`act` from [`Mlp::activation`]).
+    pub fn mlp_residual(&self, h: &mut [f32], act: &[f32], t: usize) {
+        let mut y = vec![0f32; h.len()];
+        in_pool(|| self.mlp.down_proj.forward_slice(act, t, &mut y));
+        fused::add_assign(h, &y);
+    }
+
+    /// The whole layer on one window at positions `0..t`, in place: `x: [t, hidden]`.
+    pub fn forward_window(&self, c: &LlamaConfig, rotary: &Rotary, x: &mut [f32], t: usize) {
+        let xn = self.attention_input(x);
+        let ctx = self.attention_context(c, rotary, &xn, t);
+        self.attention_residual(x, &ctx, t);
+        let xn = self.mlp_input(x);
+        let act = self.mlp.activation(&xn, t);
+        self.mlp_residual(x, &act, t);
     }
 }
 
@@ -325,11 +413,7 @@ impl Llama {
             model.embed_tokens.weight.dims(),
             [v, d],
         )?;
-        check(
-            "lm_head.weight".into(),
-            lm_head.weight_tensor().dims(),
-            [v, d],
-        )?;
+        check("lm_head.weight".into(), &lm_head.shape(), [v, d])?;
         if model.layers.len() != c.num_hidden_layers {
             return Err(Error::invalid(
                 "Llama::new",
@@ -343,41 +427,13 @@ impl Llama {
         for (i, l) in model.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
             let a = &l.self_attn;
-            check(
-                p("self_attn.q_proj"),
-                a.q_proj.weight_tensor().dims(),
-                [qd, d],
-            )?;
-            check(
-                p("self_attn.k_proj"),
-                a.k_proj.weight_tensor().dims(),
-                [kvd, d],
-            )?;
-            check(
-                p("self_attn.v_proj"),
-                a.v_proj.weight_tensor().dims(),
-                [kvd, d],
-            )?;
-            check(
-                p("self_attn.o_proj"),
-                a.o_proj.weight_tensor().dims(),
-                [d, qd],
-            )?;
-            check(
-                p("mlp.gate_proj"),
-                l.mlp.gate_proj.weight_tensor().dims(),
-                [f, d],
-            )?;
-            check(
-                p("mlp.up_proj"),
-                l.mlp.up_proj.weight_tensor().dims(),
-                [f, d],
-            )?;
-            check(
-                p("mlp.down_proj"),
-                l.mlp.down_proj.weight_tensor().dims(),
-                [d, f],
-            )?;
+            check(p("self_attn.q_proj"), &a.q_proj.shape(), [qd, d])?;
+            check(p("self_attn.k_proj"), &a.k_proj.shape(), [kvd, d])?;
+            check(p("self_attn.v_proj"), &a.v_proj.shape(), [kvd, d])?;
+            check(p("self_attn.o_proj"), &a.o_proj.shape(), [d, qd])?;
+            check(p("mlp.gate_proj"), &l.mlp.gate_proj.shape(), [f, d])?;
+            check(p("mlp.up_proj"), &l.mlp.up_proj.shape(), [f, d])?;
+            check(p("mlp.down_proj"), &l.mlp.down_proj.shape(), [d, f])?;
             for (n, w) in [
                 ("input_layernorm", &l.input_layernorm),
                 ("post_attention_layernorm", &l.post_attention_layernorm),
@@ -455,33 +511,50 @@ impl Llama {
         Llama::new(c.clone(), model, lm_head, RopeLayout::HalfSplit)
     }
 
-    /// Every weight under its HF checkpoint key (the tied head is left out, as HF saves it).
-    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+    /// Every weight under its HF checkpoint key (the tied head is left out, as HF saves it);
+    /// sparse projections are expanded to dense tensors with +0.0 at the pruned entries.
+    pub fn named_weights(&self) -> Vec<(String, Cow<'_, Tensor>)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
-            &self.model.embed_tokens.weight,
+            Cow::Borrowed(&self.model.embed_tokens.weight),
         )];
         for (i, l) in self.model.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-            let a = &l.self_attn;
-            out.push((p("self_attn.q_proj"), a.q_proj.weight_tensor()));
-            out.push((p("self_attn.k_proj"), a.k_proj.weight_tensor()));
-            out.push((p("self_attn.v_proj"), a.v_proj.weight_tensor()));
-            out.push((p("self_attn.o_proj"), a.o_proj.weight_tensor()));
-            out.push((p("mlp.gate_proj"), l.mlp.gate_proj.weight_tensor()));
-            out.push((p("mlp.up_proj"), l.mlp.up_proj.weight_tensor()));
-            out.push((p("mlp.down_proj"), l.mlp.down_proj.weight_tensor()));
-            out.push((p("input_layernorm"), &l.input_layernorm.weight));
+            for (name, lin) in Self::layer_linears(l) {
+                out.push((p(name), lin.weight_tensor()));
+            }
+            out.push((
+                p("input_layernorm"),
+                Cow::Borrowed(&l.input_layernorm.weight),
+            ));
             out.push((
                 p("post_attention_layernorm"),
-                &l.post_attention_layernorm.weight,
+                Cow::Borrowed(&l.post_attention_layernorm.weight),
             ));
         }
-        out.push(("model.norm.weight".to_string(), &self.model.norm.weight));
+        out.push((
+            "model.norm.weight".to_string(),
+            Cow::Borrowed(&self.model.norm.weight),
+        ));
         if !self.config.tie_word_embeddings {
             out.push(("lm_head.weight".to_string(), self.lm_head.weight_tensor()));
         }
         out
+    }
+
+    /// The seven projections of a decoder layer with their names relative to the layer
+    /// (`self_attn.q_proj`, ..., `mlp.down_proj`), in checkpoint order.
+    pub fn layer_linears(l: &DecoderLayer) -> [(&'static str, &Linear); 7] {
+        let a = &l.self_attn;
+        [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &l.mlp.gate_proj),
+            ("mlp.up_proj", &l.mlp.up_proj),
+            ("mlp.down_proj", &l.mlp.down_proj),
+        ]
     }
 
     /// Bytes of weights one decode step reads: every projection, the output head, the norms and
@@ -507,12 +580,22 @@ impl Llama {
         b + self.config.hidden_size * 4 + e.dims()[1] * e.dtype().size_in_bytes()
     }
 
-    /// Bytes of all weights held in memory (the tied table counted once).
+    /// Bytes of all weights held in memory (the tied table counted once; sparse projections
+    /// by their stored parts).
     pub fn weight_bytes(&self) -> usize {
-        self.named_weights()
-            .iter()
-            .map(|(_, t)| t.elem_count() * t.dtype().size_in_bytes())
-            .sum()
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut b = t(&self.model.embed_tokens.weight) + t(&self.model.norm.weight);
+        for l in &self.model.layers {
+            b += Self::layer_linears(l)
+                .iter()
+                .map(|(_, lin)| lin.weight_bytes())
+                .sum::<usize>();
+            b += t(&l.input_layernorm.weight) + t(&l.post_attention_layernorm.weight);
+        }
+        if !self.config.tie_word_embeddings {
+            b += self.lm_head.weight_bytes();
+        }
+        b
     }
 
     /// The weights' storage dtype (that of the first projection).
@@ -520,8 +603,8 @@ impl Llama {
         self.model
             .layers
             .first()
-            .map(|l| l.self_attn.q_proj.weight_tensor().dtype())
-            .unwrap_or(self.lm_head.weight_tensor().dtype())
+            .map(|l| l.self_attn.q_proj.dtype())
+            .unwrap_or(self.lm_head.dtype())
     }
 
     /// Runs `ids` at positions `cache.len()..` through the decoder and the final norm, appending

@@ -32,6 +32,7 @@ use crate::llama::{Attention, DecoderLayer, Llama, LlamaModel, Mlp};
 use crate::tokenizer::Tokenizer;
 use shears_kernels::fused::RopeLayout;
 use shears_tensor::io::{self, gguf::Gguf};
+use shears_tensor::sparse::{save_sparse, split_sparse, Bitmask, NmSparse, SparseTensor};
 use shears_tensor::{DType, Error, Result, Tensor};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -152,6 +153,7 @@ fn assemble(
     layout: RopeLayout,
     dtype: DType,
     get: &mut dyn FnMut(&str, DType) -> Result<Option<Tensor>>,
+    sparse: &mut BTreeMap<String, SparseTensor>,
     origin: &Path,
 ) -> Result<Llama> {
     let mut need = |name: &str, dt: DType| -> Result<Tensor> {
@@ -162,7 +164,16 @@ fn assemble(
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let mut lin = |s: &str| -> Result<Linear> {
-            Linear::new(need(&format!("model.layers.{i}.{s}.weight"), dtype)?)
+            let module = format!("model.layers.{i}.{s}");
+            if let Some(w) = sparse.remove(&module) {
+                let w = if w.dtype() == dtype {
+                    w
+                } else {
+                    w.to_dtype(dtype)?
+                };
+                return Linear::new_sparse(w);
+            }
+            Linear::new(need(&format!("{module}.weight"), dtype)?)
         };
         let self_attn = Attention {
             q_proj: lin("self_attn.q_proj")?,
@@ -194,6 +205,13 @@ fn assemble(
     } else {
         Linear::new(need("lm_head.weight", dtype)?)?
     };
+    if let Some(name) = sparse.keys().next() {
+        return Err(Error::format(
+            origin,
+            Some(name),
+            "a sparse tensor that is not a decoder projection (only those may be stored sparse)",
+        ));
+    }
     let model = LlamaModel {
         embed_tokens: embed,
         layers,
@@ -204,7 +222,9 @@ fn assemble(
 
 fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Llama> {
     let config = LlamaConfig::from_json_file(&dir.join("config.json"))?;
-    let mut tensors: BTreeMap<String, Tensor> = io::load_any(dir)?;
+    // compressed-tensors sparse projections (`<module>.compressed`, `.bitmask`, ...) come apart
+    // from the dense tensors here and load straight into sparse `Linear`s.
+    let (mut sparse, mut tensors) = split_sparse(io::load_any(dir)?)?;
     let mut get = |name: &str, dt: DType| -> Result<Option<Tensor>> {
         match tensors.remove(name) {
             None => Ok(None),
@@ -220,7 +240,14 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Llama> {
             }
         }
     };
-    assemble(config, RopeLayout::HalfSplit, opts.dtype, &mut get, dir)
+    assemble(
+        config,
+        RopeLayout::HalfSplit,
+        opts.dtype,
+        &mut get,
+        &mut sparse,
+        dir,
+    )
 }
 
 /// The GGUF tensor name of an HF key (llama.cpp's names).
@@ -268,6 +295,7 @@ pub fn load_gguf(g: &Gguf, opts: &LoadOptions) -> Result<Llama> {
         RopeLayout::Interleaved,
         opts.dtype,
         &mut get,
+        &mut BTreeMap::new(),
         &g.path,
     )
 }
@@ -318,43 +346,18 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves `model` (and `tokenizer`, if given) as an HF directory: `config.json`,
 /// `model.safetensors` (weights in `dtype`, default: as held) and `tokenizer.json`. Q/K rows are
-/// written in HF's half-split layout. Each file is written atomically.
+/// written in HF's half-split layout; sparse projections are written dense, pruned entries as
+/// +0.0. Each file is written atomically.
 pub fn save_hf(
     model: &Llama,
     tokenizer: Option<&Tokenizer>,
     dir: &Path,
     dtype: Option<DType>,
 ) -> Result<()> {
-    if let Some(dt) = dtype {
-        check_dtype(dt)?;
-    }
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let c = &model.config;
-    let mut owned: Vec<(String, Tensor)> = Vec::new();
-    for (name, t) in model.named_weights() {
-        let mut t = t.clone();
-        if model.rotary.layout == RopeLayout::Interleaved {
-            if name.ends_with("self_attn.q_proj.weight") {
-                t = interleaved_to_half_split(&t, c.num_attention_heads)?;
-            } else if name.ends_with("self_attn.k_proj.weight") {
-                t = interleaved_to_half_split(&t, c.num_key_value_heads)?;
-            }
-        }
-        // Norm gains are held in f32; they follow the file's dtype like everything else.
-        let target = dtype.unwrap_or(model.dtype());
-        if t.dtype() != target {
-            t = t.to_dtype(target)?;
-        }
-        owned.push((name, t));
-    }
-    let torch_dtype = match dtype.unwrap_or(model.dtype()) {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        _ => "float32",
-    };
+    let target = dtype.unwrap_or(model.dtype());
+    check_dtype(target)?;
+    create_dir(dir)?;
+    let owned = hf_tensors(model, target, |_| true)?;
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     io::save(
@@ -364,10 +367,204 @@ pub fn save_hf(
     )?;
     write_atomic(
         &dir.join("config.json"),
-        c.to_json_string_with_dtype(torch_dtype).as_bytes(),
+        model
+            .config
+            .to_json_string_with_dtype(torch_dtype(target))
+            .as_bytes(),
     )?;
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;
     }
     Ok(())
+}
+
+/// How [`save_compressed`] stores the decoder projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseLayout {
+    /// compressed-tensors `sparse-bitmask`: any sparsity.
+    Bitmask,
+    /// N of every M consecutive inputs kept; 2:4 is compressed-tensors `sparse-24-bitmask`,
+    /// other N:M the shears-only `shears-nm-bitmask`.
+    Nm {
+        /// Kept per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+}
+
+/// Saves `model` as an HF directory whose decoder projections are stored sparse in the
+/// compressed-tensors layout (`<module>.compressed`, `.bitmask`, `.shape`, `.row_offsets` for
+/// `sparse-bitmask`), everything else dense, and `config.json` carrying
+/// `quantization_config.sparsity_config` (format, global_sparsity, sparsity_structure, targets,
+/// ignore). Dense projections are compressed by dropping their exact zeros; with
+/// [`SparseLayout::Nm`] a projection with more than N nonzeros in a group is an error. Values are
+/// written in `dtype` (default: as held). Q/K rows are written in HF's half-split layout. Each
+/// file is written atomically; [`load_model`] reads the directory back into sparse `Linear`s.
+pub fn save_compressed(
+    model: &Llama,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+    layout: SparseLayout,
+    dtype: Option<DType>,
+) -> Result<()> {
+    let target = dtype.unwrap_or(model.dtype());
+    check_dtype(target)?;
+    if let SparseLayout::Nm { n, m } = layout {
+        if n == 0 || n >= m {
+            return Err(Error::invalid(
+                "save_compressed",
+                format!("N:M needs 0 < N < M, got {n}:{m}"),
+            ));
+        }
+    }
+    create_dir(dir)?;
+    let is_projection = |name: &str| {
+        name.starts_with("model.layers.")
+            && (name.contains(".self_attn.") || name.contains(".mlp."))
+    };
+    let dense = hf_tensors(model, target, |n| !is_projection(n))?;
+    let mut sparse: Vec<(String, SparseTensor)> = Vec::new();
+    let (mut zeros, mut total) = (0usize, 0usize);
+    for (name, t) in hf_tensors(model, target, is_projection)? {
+        let module = name.strip_suffix(".weight").unwrap_or(&name).to_string();
+        let s = match layout {
+            SparseLayout::Bitmask => SparseTensor::Bitmask(Bitmask::from_dense(&t)?),
+            SparseLayout::Nm { n, m } => {
+                SparseTensor::Nm(NmSparse::from_dense(&t, n, m).map_err(|e| {
+                    Error::invalid(
+                        "save_compressed",
+                        format!("{name} is not {n}:{m} sparse: {e}"),
+                    )
+                })?)
+            }
+        };
+        zeros += t.elem_count() - count_nonzero(&s)?;
+        total += t.elem_count();
+        sparse.push((module, s));
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    save_sparse(
+        dir.join(io::SINGLE_FILE),
+        sparse.iter().map(|(n, s)| (n.as_str(), s.view())),
+        dense.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(&meta),
+    )?;
+    let (format, structure) = match layout {
+        SparseLayout::Bitmask => ("sparse-bitmask".to_string(), "unstructured".to_string()),
+        // The name `SparseRef::format_name` gives an N:M tensor.
+        SparseLayout::Nm { n: 2, m: 4 } => ("sparse-24-bitmask".to_string(), "2:4".to_string()),
+        SparseLayout::Nm { n, m } => ("shears-nm-bitmask".to_string(), format!("{n}:{m}")),
+    };
+    let mut config: serde_json::Value =
+        serde_json::from_str(&model.config.to_json_string_with_dtype(torch_dtype(target)))
+            .map_err(|e| Error::invalid("save_compressed", format!("config to JSON: {e}")))?;
+    config["quantization_config"] = serde_json::json!({
+        "quant_method": "compressed-tensors",
+        "format": format,
+        "sparsity_config": {
+            "format": format,
+            "global_sparsity": if total > 0 { zeros as f64 / total as f64 } else { 0.0 },
+            "sparsity_structure": structure,
+            "targets": ["Linear"],
+            "ignore": ["lm_head"],
+            "registry_requires_subclass": false,
+        },
+    });
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| Error::invalid("save_compressed", format!("config to JSON: {e}")))?;
+    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    if let Some(tok) = tokenizer {
+        tok.save(&dir.join("tokenizer.json"))?;
+    }
+    Ok(())
+}
+
+/// Replaces every decoder projection of `model` by a sparse one holding its nonzeros, in memory
+/// (the model computes the same function; its forward pass then reads only the kept weights).
+/// With [`SparseLayout::Nm`] a projection with more than N nonzeros in a group is an error.
+pub fn sparsify(model: &mut Llama, layout: SparseLayout) -> Result<()> {
+    for (i, l) in model.model.layers.iter_mut().enumerate() {
+        let a = &mut l.self_attn;
+        for (name, lin) in [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut l.mlp.gate_proj),
+            ("mlp.up_proj", &mut l.mlp.up_proj),
+            ("mlp.down_proj", &mut l.mlp.down_proj),
+        ] {
+            let w = lin.weight_tensor().into_owned();
+            let s = match layout {
+                SparseLayout::Bitmask => SparseTensor::Bitmask(Bitmask::from_dense(&w)?),
+                SparseLayout::Nm { n, m } => {
+                    SparseTensor::Nm(NmSparse::from_dense(&w, n, m).map_err(|e| {
+                        Error::invalid(
+                            "sparsify",
+                            format!("model.layers.{i}.{name} is not {n}:{m} sparse: {e}"),
+                        )
+                    })?)
+                }
+            };
+            *lin = Linear::new_sparse(s)?;
+        }
+    }
+    Ok(())
+}
+
+/// Nonzero kept values (N:M may keep explicit zeros, which are pruned weights all the same).
+fn count_nonzero(s: &SparseTensor) -> Result<usize> {
+    Ok(s.values()
+        .to_dtype(DType::F32)?
+        .to_vec::<f32>()?
+        .iter()
+        .filter(|x| **x != 0.0)
+        .count())
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn torch_dtype(dt: DType) -> &'static str {
+    match dt {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// The model's weights under their HF names, in `dtype`, Q/K rows in HF's half-split layout,
+/// for the names `keep` accepts.
+fn hf_tensors(
+    model: &Llama,
+    dtype: DType,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, Tensor)>> {
+    let c = &model.config;
+    let mut owned: Vec<(String, Tensor)> = Vec::new();
+    for (name, t) in model.named_weights() {
+        if !keep(&name) {
+            continue;
+        }
+        let mut t = t.into_owned();
+        if model.rotary.layout == RopeLayout::Interleaved {
+            if name.ends_with("self_attn.q_proj.weight") {
+                t = interleaved_to_half_split(&t, c.num_attention_heads)?;
+            } else if name.ends_with("self_attn.k_proj.weight") {
+                t = interleaved_to_half_split(&t, c.num_key_value_heads)?;
+            }
+        }
+        // Norm gains are held in f32; they follow the file's dtype like everything else.
+        if t.dtype() != dtype {
+            t = t.to_dtype(dtype)?;
+        }
+        owned.push((name, t));
+    }
+    Ok(owned)
 }

@@ -202,3 +202,165 @@ fn loading_a_damaged_checkpoint_is_a_clear_error() {
     std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00\x01").unwrap();
     assert!(load_model(&gguf, &LoadOptions::default()).is_err());
 }
+
+#[test]
+fn layer_stages_compose_to_the_model_forward() {
+    // The calibration API (one layer at a time, stage by stage) must reproduce forward_hidden.
+    let model = Llama::random(&config(), 5).unwrap();
+    let ids = [4u32, 17, 9, 40, 2, 33, 8];
+    let (t, d) = (ids.len(), model.config.hidden_size);
+    let mut cache = KvCache::new(&model.config, t);
+    let want = model.forward_hidden(&ids, &mut cache).unwrap();
+    let mut x = vec![0f32; t * d];
+    model
+        .model
+        .embed_tokens
+        .forward_slice(&ids, &mut x)
+        .unwrap();
+    for (i, layer) in model.model.layers.iter().enumerate() {
+        if i == 0 {
+            // Stage by stage for the first layer, the one-call form for the rest.
+            let xn = layer.attention_input(&x);
+            let ctx = layer.attention_context(&model.config, &model.rotary, &xn, t);
+            assert_eq!(
+                ctx.len(),
+                t * model.config.num_attention_heads * model.config.head_dim
+            );
+            layer.attention_residual(&mut x, &ctx, t);
+            let act = layer.mlp.activation(&layer.mlp_input(&x), t);
+            assert_eq!(act.len(), t * model.config.intermediate_size);
+            layer.mlp_residual(&mut x, &act, t);
+        } else {
+            layer.forward_window(&model.config, &model.rotary, &mut x, t);
+        }
+    }
+    let mut got = vec![0f32; t * d];
+    model.model.norm.forward_slice(&x, &mut got);
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}
+
+/// Zeroes the decoder projections of `model`: unstructured (every weight whose bits of
+/// `(row · 31 + col · 17) % 10` fall below 6, i.e. 60 %) or 2:4 (the two smallest |w| of every
+/// four), and returns the model.
+fn pruned(mut model: Llama, two_four: bool) -> Llama {
+    use shears_models::layers::Linear;
+    for l in &mut model.model.layers {
+        let a = &mut l.self_attn;
+        for lin in [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut l.mlp.gate_proj,
+            &mut l.mlp.up_proj,
+            &mut l.mlp.down_proj,
+        ] {
+            let [rows, cols] = lin.shape();
+            let mut w = lin.weight_tensor().to_vec::<f32>().unwrap();
+            for r in 0..rows {
+                let row = &mut w[r * cols..(r + 1) * cols];
+                if two_four {
+                    for g in row.chunks_mut(4) {
+                        let mut idx = [0usize, 1, 2, 3];
+                        idx.sort_by(|&i, &j| g[i].abs().total_cmp(&g[j].abs()));
+                        g[idx[0]] = 0.0;
+                        g[idx[1]] = 0.0;
+                    }
+                } else {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        if (r * 31 + c * 17) % 10 < 6 {
+                            *v = 0.0;
+                        }
+                    }
+                }
+            }
+            *lin = Linear::new(shears_tensor::Tensor::from_vec(w, [rows, cols]).unwrap()).unwrap();
+        }
+    }
+    model
+}
+
+#[test]
+fn compressed_checkpoints_round_trip_into_sparse_layers() {
+    use shears_models::load::{save_compressed, SparseLayout};
+    for (two_four, layout, format) in [
+        (false, SparseLayout::Bitmask, "sparse-bitmask"),
+        (true, SparseLayout::Nm { n: 2, m: 4 }, "sparse-24-bitmask"),
+    ] {
+        let model = pruned(Llama::random(&config(), 11).unwrap(), two_four);
+        let dir = tempfile::tempdir().unwrap();
+        save_compressed(&model, None, dir.path(), layout, None).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        let sc = &cfg["quantization_config"]["sparsity_config"];
+        assert_eq!(sc["format"], format);
+        let gs = sc["global_sparsity"].as_f64().unwrap();
+        assert!((gs - if two_four { 0.5 } else { 0.6 }).abs() < 0.02, "{gs}");
+        let header = io::load_metadata(dir.path().join("model.safetensors")).unwrap();
+        assert!(header
+            .tensors
+            .iter()
+            .any(|t| t.name == "model.layers.0.mlp.down_proj.compressed"));
+        assert!(!header
+            .tensors
+            .iter()
+            .any(|t| t.name == "model.layers.0.mlp.down_proj.weight"));
+        let again = load_model(dir.path(), &LoadOptions::default()).unwrap();
+        let down = &again.model.layers[1].mlp.down_proj;
+        assert!(down.sparse().is_some(), "loaded as a sparse Linear");
+        assert!(down.weight_bytes() < model.model.layers[1].mlp.down_proj.weight_bytes());
+        // Same weights, so the same logits up to summation order.
+        let ids = [5u32, 9, 1, 44, 20];
+        let (mut c1, mut c2) = (
+            KvCache::new(&model.config, 8),
+            KvCache::new(&model.config, 8),
+        );
+        let a = model
+            .forward(&ids, &mut c1)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = again
+            .forward(&ids, &mut c2)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+        // Its named weights expand back to the exact dense tensors with +0.0 zeros.
+        for ((n0, t0), (n1, t1)) in model
+            .named_weights()
+            .iter()
+            .zip(again.named_weights().iter())
+        {
+            assert_eq!(n0, n1);
+            let (v0, v1) = (t0.to_vec::<f32>().unwrap(), t1.to_vec::<f32>().unwrap());
+            assert!(
+                v0.iter()
+                    .zip(&v1)
+                    .all(|(p, q)| p.to_bits() == q.to_bits() || (*p == 0.0 && q.to_bits() == 0)),
+                "{n0}"
+            );
+        }
+    }
+}
+
+#[test]
+fn compressing_a_dense_model_as_two_four_is_a_clear_error() {
+    use shears_models::load::{save_compressed, SparseLayout};
+    let model = Llama::random(&config(), 12).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = save_compressed(
+        &model,
+        None,
+        dir.path(),
+        SparseLayout::Nm { n: 2, m: 4 },
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not 2:4 sparse"), "{e}");
+}

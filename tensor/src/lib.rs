@@ -1,5 +1,6 @@
 //! The shears tensor core: [`Tensor`] (shared storage + layout; views never copy), [`DType`],
-//! [`Device`], ops grouped by family, safetensors IO and the one [`Error`] type.
+//! [`Device`], ops grouped by family, native sparse weight types ([`sparse`]: CSR, N:M, bitmask),
+//! safetensors IO and the one [`Error`] type.
 //!
 //! ```
 //! use shears_tensor::{DType, Tensor};
@@ -20,6 +21,7 @@ mod layout;
 mod ops;
 mod rng;
 mod shape;
+pub mod sparse;
 mod storage;
 mod tensor;
 pub mod test_util;

@@ -1,0 +1,367 @@
+//! `shears prune`: one-shot pruning of a model, layer by layer, with perplexity before and after.
+
+use crate::model_cmd::{self, ModelArgs};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use shears::models::eval;
+use shears::models::load;
+use shears::pruning::calibrate::{self, Event, Method, PruneConfig};
+use shears::pruning::Sparsity;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// How the pruned model is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutFormat {
+    /// HF safetensors with the pruned weights as exact +0.0 (what serving engines load).
+    Dense,
+    /// compressed-tensors sparse layouts (bitmask, or 2:4) with `sparsity_config` in config.json.
+    Compressed,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Pruning method: magnitude, wanda or sparsegpt.
+    #[arg(long, value_parser = parse_method, default_value = "sparsegpt")]
+    method: Method,
+    /// Unstructured sparsity, the fraction of each projection's weights removed [default: 0.5
+    /// unless --nm is given].
+    #[arg(long, conflicts_with = "nm")]
+    sparsity: Option<f64>,
+    /// N:M semi-structured sparsity: N of every M consecutive input weights are removed (2:4).
+    #[arg(long, value_parser = parse_nm)]
+    nm: Option<(usize, usize)>,
+    /// Calibration text files, joined by a blank line [default: lcet10.txt and plrabn12.txt in
+    /// the data folder].
+    #[arg(long, num_args = 1..)]
+    calib: Vec<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Tokens per calibration (and evaluation) window.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Seed of the calibration window offsets.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prune [q,k,v] → [o] → [gate,up] → [down] in turn [default: on for sparsegpt, off for wanda].
+    #[arg(long)]
+    true_sequential: Option<bool>,
+    /// Where to write the pruned model (an HF directory; replaced atomically when it exists).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How to write it.
+    #[arg(long, value_enum, default_value = "dense")]
+    format: OutFormat,
+    /// Evaluate perplexity before and after on these files (`--eval` alone: alice29.txt and
+    /// asyoulik.txt in the data folder).
+    #[arg(long, num_args = 0..)]
+    eval: Option<Vec<PathBuf>>,
+    /// Evaluate only the first N windows.
+    #[arg(long)]
+    eval_windows: Option<usize>,
+    /// With --eval, skip the dense model's perplexity (when it is known already).
+    #[arg(long)]
+    no_dense_eval: bool,
+    /// Also time decoding (128 tokens, greedy) with the dense model and with the pruned one held
+    /// in sparse layers (bitmask, or N:M), in the same run.
+    #[arg(long)]
+    bench: bool,
+    /// Print one JSON object (method, sparsity, seconds, ppl_before, ppl_after, peak_rss_bytes,
+    /// layers, ...).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    s.parse().map_err(|e: shears::tensor::Error| e.to_string())
+}
+
+fn parse_nm(s: &str) -> Result<(usize, usize), String> {
+    let err = || format!("expected N:M such as 2:4, got {s:?}");
+    let (n, m) = s.split_once(':').ok_or_else(err)?;
+    let (n, m) = (
+        n.trim().parse().map_err(|_| err())?,
+        m.trim().parse().map_err(|_| err())?,
+    );
+    if n == 0 || n >= m {
+        return Err(format!("N:M needs 0 < N < M, got {n}:{m}"));
+    }
+    Ok((n, m))
+}
+
+fn default_files(names: &[&str]) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
+    let dir = shears::fetch::default_data_dir();
+    let files: Vec<PathBuf> = names.iter().map(|f| dir.join(f)).collect();
+    if files.iter().any(|f| !f.exists()) {
+        model_cmd::ensure_default_assets(&dir)?;
+    }
+    Ok(files)
+}
+
+pub fn run_prune(args: &PruneArgs) -> CliResult {
+    let t_all = Instant::now();
+    let sparsity = match (args.sparsity, args.nm) {
+        (_, Some((n, m))) => Sparsity::NM { n, m },
+        (Some(s), None) => Sparsity::Unstructured(s),
+        (None, None) => Sparsity::Unstructured(0.5),
+    };
+    sparsity.validate("shears prune")?;
+    if args.format == OutFormat::Compressed && args.out.is_none() {
+        return Err("--format compressed needs --out DIR".into());
+    }
+    let (mut model, tok, load_secs) = args.model.load()?;
+    let show = !args.json && std::io::stderr().is_terminal();
+    let calib_files = if args.calib.is_empty() {
+        default_files(&["lcet10.txt", "plrabn12.txt"])?
+    } else {
+        args.calib.clone()
+    };
+    let calib_ids = tok.encode(&eval::load_texts(&calib_files)?, false)?;
+    let windows =
+        calibrate::calibration_windows(&calib_ids, args.nsamples, args.seqlen, args.seed)?;
+    drop(calib_ids);
+    let eval_ids = match &args.eval {
+        None => None,
+        Some(files) => {
+            let files = if files.is_empty() {
+                default_files(&["alice29.txt", "asyoulik.txt"])?
+            } else {
+                files.clone()
+            };
+            let mut ids = tok.encode(&eval::load_texts(&files)?, false)?;
+            if let Some(w) = args.eval_windows {
+                ids.truncate(w * args.seqlen);
+            }
+            Some(ids)
+        }
+    };
+    let run_eval = |model: &shears::models::llama::Llama,
+                    what: &str|
+     -> Result<Option<eval::PerplexityReport>, Box<dyn std::error::Error>> {
+        let Some(ids) = &eval_ids else {
+            return Ok(None);
+        };
+        let bar = bar(
+            (ids.len() / args.seqlen) as u64,
+            show,
+            &format!("windows ({what})"),
+        );
+        let r = eval::perplexity(model, ids, args.seqlen, |d, _| bar.set_position(d as u64))?;
+        bar.finish_and_clear();
+        if !args.json {
+            eprintln!(
+                "perplexity {what}: {:.4} ({} windows of {})",
+                r.ppl, r.windows, r.seqlen
+            );
+        }
+        Ok(Some(r))
+    };
+    let before = if args.no_dense_eval {
+        None
+    } else {
+        run_eval(&model, "dense")?
+    };
+    let bench_prompt: Vec<u32> = windows[0].clone();
+    let decode_dense = if args.bench {
+        let tps = model_cmd::decode_tokens_per_s(&model, &bench_prompt, 128)?;
+        if !args.json {
+            eprintln!("decode dense: {tps:.1} tokens/s");
+        }
+        Some(tps)
+    } else {
+        None
+    };
+
+    let mut cfg = PruneConfig::new(args.method, sparsity);
+    if let Some(ts) = args.true_sequential {
+        cfg.true_sequential = ts;
+    }
+    let layers = model.config.num_hidden_layers;
+    let layer_bar = bar(layers as u64, show, "layers");
+    let mut log = |e: Event| match e {
+        Event::Embedded { windows } => {
+            layer_bar.set_message(format!("{windows} calibration windows embedded"))
+        }
+        Event::LayerStart { layer, .. } => layer_bar.set_message(format!("layer {layer}")),
+        Event::Pruned(r) => {
+            if !args.json {
+                let line = format!(
+                    "{:<40} {:>5}x{:<5} sparsity {:.4}  rel. error {}  {:.2} s{}",
+                    r.name,
+                    r.rows,
+                    r.cols,
+                    r.sparsity,
+                    r.rel_error.map_or("-".to_string(), |e| format!("{e:.3e}")),
+                    r.seconds,
+                    if r.retries > 0 {
+                        format!("  (damping raised {}×)", r.retries)
+                    } else {
+                        String::new()
+                    }
+                );
+                if layer_bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    layer_bar.println(line);
+                }
+            }
+        }
+        Event::LayerDone { layer, .. } => layer_bar.set_position(layer as u64 + 1),
+    };
+    let report = calibrate::prune_model(&mut model, &windows, &cfg, &mut log)?;
+    layer_bar.finish_and_clear();
+    drop(windows);
+    if !args.json {
+        eprintln!(
+            "pruned {} projections with {} to sparsity {:.4} in {:.1} s",
+            report.layers.len(),
+            args.method.name(),
+            report.sparsity,
+            report.seconds
+        );
+    }
+    let after = run_eval(&model, "pruned")?;
+    let layout = match sparsity {
+        Sparsity::Unstructured(_) => load::SparseLayout::Bitmask,
+        Sparsity::NM { n, m } => load::SparseLayout::Nm { n, m },
+    };
+    let decode_sparse = if args.bench {
+        // The pruned projections move into sparse layers; the function is the same.
+        load::sparsify(&mut model, layout)?;
+        let tps = model_cmd::decode_tokens_per_s(&model, &bench_prompt, 128)?;
+        if !args.json {
+            eprintln!("decode pruned (sparse layers): {tps:.1} tokens/s");
+        }
+        Some(tps)
+    } else {
+        None
+    };
+    if let Some(out) = &args.out {
+        let t = Instant::now();
+        save_atomically(out, |dir| match args.format {
+            OutFormat::Dense => Ok(load::save_hf(&model, Some(&tok), dir, None)?),
+            OutFormat::Compressed => Ok(load::save_compressed(
+                &model,
+                Some(&tok),
+                dir,
+                layout,
+                None,
+            )?),
+        })?;
+        if !args.json {
+            eprintln!(
+                "saved to {} in {:.1} s",
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let rss = model_cmd::peak_rss_bytes();
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let target = match &sparsity {
+            Sparsity::Unstructured(s) => serde_json::json!(s),
+            Sparsity::NM { n, m } => serde_json::json!(format!("{n}:{m}")),
+        };
+        let v = serde_json::json!({
+            "method": args.method.name(),
+            "sparsity": target,
+            "achieved_sparsity": report.sparsity,
+            "seconds": report.seconds,
+            "total_seconds": t_all.elapsed().as_secs_f64(),
+            "load_secs": load_secs,
+            "nsamples": args.nsamples,
+            "seqlen": args.seqlen,
+            "seed": args.seed,
+            "true_sequential": cfg.true_sequential,
+            "ppl_before": before.as_ref().map(|r| r.ppl),
+            "ppl_after": after.as_ref().map(|r| r.ppl),
+            "eval_windows": after.as_ref().map(|r| r.windows),
+            "peak_rss_bytes": rss,
+            "decode_tokens_per_s_dense": decode_dense,
+            "decode_tokens_per_s_pruned": decode_sparse,
+            "decode_speedup": decode_dense.zip(decode_sparse).map(|(d, s)| s / d),
+            "threads": rayon::current_num_threads(),
+            "out": args.out.as_ref().map(|p| p.display().to_string()),
+            "format": args.out.as_ref().map(|_| format!("{:?}", args.format).to_lowercase()),
+            "layers": report.layers,
+        });
+        writeln!(stdout, "{v}")?;
+    } else {
+        let fmt = |r: &Option<eval::PerplexityReport>| {
+            r.as_ref().map_or("-".into(), |r| format!("{:.4}", r.ppl))
+        };
+        writeln!(
+            stdout,
+            "{} {}: sparsity {:.4}, {:.1} s pruning | perplexity dense {} → pruned {} (seqlen {}) | decode dense {} → pruned {} tokens/s | peak RSS {}",
+            args.method.name(),
+            match &sparsity {
+                Sparsity::Unstructured(s) => format!("{:.0}%", s * 100.0),
+                Sparsity::NM { n, m } => format!("{n}:{m}"),
+            },
+            report.sparsity,
+            report.seconds,
+            fmt(&before),
+            fmt(&after),
+            args.seqlen,
+            decode_dense.map_or("-".into(), |t| format!("{t:.1}")),
+            decode_sparse.map_or("-".into(), |t| format!("{t:.1}")),
+            rss.map_or("?".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes a directory through `write` into a temporary sibling, then renames it into place (an
+/// existing `out` is replaced only once the new one is complete), so an interrupted run leaves
+/// the old output or none, never half of one.
+fn save_atomically(
+    out: &Path,
+    write: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+) -> CliResult {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| format!("--out {} has no directory name", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old)?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, out)?;
+    }
+    Ok(())
+}
+
+fn bar(len: u64, show: bool, unit: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed}} < {{eta}}]"
+        ))
+        .expect("a valid template"),
+    );
+    bar
+}
