@@ -153,6 +153,43 @@ unsafe fn block<W: WeightElem, const R: usize, const G: usize, const FULL: bool>
     };
     let mut acc = [[_mm512_setzero_ps(); R]; G];
     let mut c = 0;
+    // 64 columns per step: the four value offsets inside the step come from popcounts of
+    // prefixes of one 64-bit mask word, independent of each other, so a row's value pointer
+    // advances once per 64 columns instead of once per 16 (a serial popcnt-add chain per 16
+    // columns measured 25-30 % slower on Zen 5).
+    while c + 64 <= k {
+        if pf_lines > 0 {
+            for q in 0..4 {
+                let base = pf + ((c / 16) + q) * pf_lines * 64;
+                for j in 0..pf_lines {
+                    _mm_prefetch::<_MM_HINT_T1>((base + j * 64) as *const i8);
+                }
+            }
+        }
+        let mut e = [[_mm512_setzero_ps(); R]; 4];
+        for i in 0..R {
+            // Columns c..c + 64 are bytes c/8..c/8 + 8 of the row (c + 64 ≤ k).
+            let w = bp[i].add(c / 8).cast::<u64>().read_unaligned();
+            let o1 = (w & 0xffff).count_ones() as usize;
+            let o2 = (w & 0xffff_ffff).count_ones() as usize;
+            let o3 = (w & 0xffff_ffff_ffff).count_ones() as usize;
+            let p = vp[i];
+            e[0][i] = expand::<W, FULL>(w as u16, p);
+            e[1][i] = expand::<W, FULL>((w >> 16) as u16, p.add(o1));
+            e[2][i] = expand::<W, FULL>((w >> 32) as u16, p.add(o2));
+            e[3][i] = expand::<W, FULL>((w >> 48) as u16, p.add(o3));
+            vp[i] = p.add(w.count_ones() as usize);
+        }
+        for (g, ag) in acc.iter_mut().enumerate() {
+            for (q, eq) in e.iter().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(g * k + c + 16 * q));
+                for i in 0..R {
+                    ag[i] = _mm512_fmadd_ps(eq[i], xv, ag[i]);
+                }
+            }
+        }
+        c += 64;
+    }
     while c + 16 <= k {
         if pf_lines > 0 {
             let base = pf + (c / 16) * pf_lines * 64;

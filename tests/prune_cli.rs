@@ -1,0 +1,136 @@
+//! `shears prune` end to end on the fetched SmolLM2 (skips when `shears fetch` has not run):
+//! load → prune → save compressed → reload into sparse layers → eval gives the same perplexity;
+//! and bad requests fail cleanly before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn shears(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(args)
+        .output()
+        .expect("the shears binary runs")
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("SHEARS_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
+}
+
+fn assets() -> Option<(PathBuf, PathBuf)> {
+    let d = data_dir();
+    let (m, t) = (
+        d.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        d.join("alice29.txt"),
+    );
+    if m.exists() && t.exists() {
+        Some((m, t))
+    } else {
+        eprintln!("skipping: the default model or corpus is missing (run `shears fetch`)");
+        None
+    }
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+#[test]
+fn prune_save_compressed_reload_and_eval_agree() {
+    let Some((model, text)) = assets() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("pruned");
+    let (m, t, d) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    let r = json(&shears(&[
+        "prune",
+        "--model",
+        m,
+        "--method",
+        "wanda",
+        "--nm",
+        "2:4",
+        "--calib",
+        t,
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "64",
+        "--eval",
+        t,
+        "--eval-windows",
+        "3",
+        "--out",
+        d,
+        "--format",
+        "compressed",
+        "--json",
+    ]));
+    assert_eq!(r["method"], "wanda");
+    assert_eq!(r["sparsity"], "2:4");
+    assert_eq!(r["layers"].as_array().unwrap().len(), 30 * 7);
+    assert!((r["achieved_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-6);
+    let (before, after) = (
+        r["ppl_before"].as_f64().unwrap(),
+        r["ppl_after"].as_f64().unwrap(),
+    );
+    assert!(after > before && after.is_finite(), "{before} → {after}");
+    assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["quantization_config"]["sparsity_config"]["format"],
+        "sparse-24-bitmask"
+    );
+    // The compressed directory loads into sparse layers and scores the same windows the same.
+    let e = json(&shears(&[
+        "eval",
+        "--model",
+        d,
+        "--text",
+        t,
+        "--seqlen",
+        "64",
+        "--max-windows",
+        "3",
+        "--json",
+    ]));
+    let again = e["ppl"].as_f64().unwrap();
+    assert!(
+        (again - after).abs() <= 1e-4 * after,
+        "pruned {after}, reloaded {again}"
+    );
+    // No temporary directory is left next to the output.
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "pruned")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn bad_prune_requests_fail_cleanly() {
+    for (args, want) in [
+        (vec!["prune", "--method", "obs"], "unknown pruning method"),
+        (vec!["prune", "--nm", "4:2"], "0 < N < M"),
+        (vec!["prune", "--nm", "2-4"], "N:M"),
+        (
+            vec!["prune", "--sparsity", "0.5", "--nm", "2:4"],
+            "cannot be used",
+        ),
+        (vec!["prune", "--format", "compressed"], "--out"),
+    ] {
+        let o = shears(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
