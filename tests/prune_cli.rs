@@ -76,7 +76,10 @@ fn prune_save_compressed_reload_and_eval_agree() {
     assert_eq!(r["method"], "wanda");
     assert_eq!(r["sparsity"], "2:4");
     assert_eq!(r["layers"].as_array().unwrap().len(), 30 * 7);
-    assert!((r["achieved_sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-6);
+    // Exactly 2 of every 4 are pruned; a kept weight that was already 0 in the checkpoint counts
+    // as a zero too, so the fraction of zeros may be a little above one half.
+    let achieved = r["achieved_sparsity"].as_f64().unwrap();
+    assert!((0.5..0.52).contains(&achieved), "{achieved}");
     let (before, after) = (
         r["ppl_before"].as_f64().unwrap(),
         r["ppl_after"].as_f64().unwrap(),
