@@ -221,6 +221,9 @@ pub fn run(args: &SparseArgs) -> CliResult {
                 if matches!(format, Format::Csr(_)) && dtype != DType::F32 {
                     continue;
                 }
+                if matches!(format, Format::Nm(_, m) if cols % m != 0) {
+                    continue;
+                }
                 let m = mask(format, rows, cols, &mut rng);
                 let sparse = sparse_of(format, &dense, &m)?;
                 // Built afresh each time: every copy owns its own buffers.

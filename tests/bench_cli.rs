@@ -122,3 +122,36 @@ fn help_lists_kernels_and_hides_only_small() {
     }
     assert!(!help.contains("only-small"), "{help}");
 }
+
+#[test]
+fn bench_sparse_json_has_the_issue_fields() {
+    let o = shears(&["bench", "sparse", "--only-small", "--batch", "1", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("\"limits\""), "{}", lines[0]);
+    // 64×96: bitmask 50/70/90 %, 2:4 and CSR in f32, the same less CSR in bf16; 37×53 the same
+    // less 2:4 (53 columns do not split into groups of 4).
+    assert_eq!(lines.len(), 1 + (5 + 4) + (4 + 3), "{out}");
+    let mut formats = std::collections::BTreeSet::new();
+    for line in &lines[1..] {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["seconds", "dense_seconds", "speedup", "rows", "cols"] {
+            positive(&v, key, line);
+        }
+        assert_eq!(v["batch"], 1, "{line}");
+        let s = v["sparsity"].as_f64().unwrap();
+        assert!((0.0..1.0).contains(&s), "{line}");
+        assert!(v["dtype"] == "f32" || v["dtype"] == "bf16", "{line}");
+        let speedup = v["dense_seconds"].as_f64().unwrap() / v["seconds"].as_f64().unwrap();
+        assert!(
+            (speedup - v["speedup"].as_f64().unwrap()).abs() < 1e-9 * speedup,
+            "{line}"
+        );
+        formats.insert(v["format"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        formats.into_iter().collect::<Vec<_>>(),
+        ["bitmask", "csr", "nm"]
+    );
+}
