@@ -477,3 +477,50 @@ fn too_many_bits_panics() {
 fn weight_kind_is_f32_for_f32() {
     assert_eq!(<f32 as WeightElem>::KIND, WeightKind::F32);
 }
+
+/// Decode of very sparse matrices (density below `x86::COMPRESS_MAX_DENSITY`), which takes the
+/// compress kernel on CPUs with AVX512-VBMI2: words with at most 16 and with more kept columns,
+/// tails of every length, rows at the end of the values (masked loads), N:M at 1:8.
+#[test]
+fn very_sparse_decode_matches_ref() {
+    for &(n, k) in &[
+        (1, 64),
+        (7, 65),
+        (37, 127),
+        (5, 128),
+        (9, 200),
+        (33, 700),
+        (4, 1536),
+    ] {
+        for sparsity in [90, 95, 100] {
+            let mut w = sparse_dense(n, k, sparsity, false, 5 + k as u64);
+            // One dense stretch in the first row: a 64-column word with more than 16 kept.
+            for v in w.iter_mut().take(k.min(64)) {
+                if *v == 0.0 {
+                    *v = 0.5;
+                }
+            }
+            for kind in [
+                Enc::Bitmask {
+                    bits: vec![],
+                    offsets: vec![],
+                },
+                Enc::Csr {
+                    indptr: vec![],
+                    indices: vec![],
+                },
+            ] {
+                check_all(1, n, k, &w, &kind, 2, 9).unwrap();
+            }
+        }
+        if k % 8 == 0 {
+            let w = nm_dense(n, k, 1, 8, 4);
+            let kind = Enc::Nm {
+                n_keep: 1,
+                m_group: 8,
+                bits: vec![],
+            };
+            check_all(1, n, k, &w, &kind, 2, 6).unwrap();
+        }
+    }
+}

@@ -284,3 +284,121 @@ pub(crate) unsafe fn csr_gather_rows<W: WeightElem>(
         *y.add(r) = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
 }
+
+/// Below this density the decode kernel for very sparse rows ([`bits_compress_rows_m1`]) is
+/// used (when the CPU has AVX512-VBMI2): most 64-column mask words then hold at most 16 kept
+/// columns.
+pub(crate) const COMPRESS_MAX_DENSITY: f64 = 0.2;
+
+/// True when [`bits_compress_rows_m1`] should run: a sparse enough matrix on a CPU with
+/// AVX512-VBMI2.
+pub(crate) fn compress_pays(nnz: usize, n: usize, k: usize) -> bool {
+    (nnz as f64) < COMPRESS_MAX_DENSITY * (n as f64) * (k as f64)
+        && std::arch::is_x86_feature_detected!("avx512vbmi2")
+}
+
+/// Column offsets `0..64` as bytes, for [`row_compress`].
+static IOTA64: [u8; 64] = {
+    let mut a = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        a[i] = i as u8;
+        i += 1;
+    }
+    a
+};
+
+/// Decode (m = 1) for very sparse bitmask / N:M rows: `y[r] = Σ_c x[c] · W[r, c]` for rows
+/// `r0..r1`. The expand kernel pays one `vexpandps` per 16 columns whatever the density; here a
+/// 64-column mask word with at most 16 set bits costs one AVX512-VBMI2 `vpcompressb` of the
+/// column offsets, two `vpermt2ps` that fetch the kept columns' x from four registers, and one
+/// FMA with the next values, so the work follows the kept count. Denser words fall back to four
+/// expands.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/DQ, AVX512-VBMI2, FMA, F16C and POPCNT supported; `x` holds `k > 0` floats and
+/// `y` `n`; [`Pattern::check_row`] passed for rows `r0..r1`; only this call writes `y[r0..r1]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx2,fma,f16c,popcnt")]
+pub(crate) unsafe fn bits_compress_rows_m1<W: WeightElem>(
+    k: usize,
+    x: *const f32,
+    pat: &Bits,
+    vals: *const W,
+    y: *mut f32,
+    r0: usize,
+    r1: usize,
+) {
+    for r in r0..r1 {
+        let (bp, vp) = (pat.row(r).as_ptr(), vals.add(pat.start(r)));
+        // Full 16-value loads may run up to 15 values past the row's last one.
+        *y.add(r) = if pat.start(r) + k + 16 <= pat.nnz {
+            row_compress::<W, true>(k, x, bp, vp)
+        } else {
+            row_compress::<W, false>(k, x, bp, vp)
+        };
+    }
+}
+
+/// One row of [`bits_compress_rows_m1`]; `FULL`: see [`load_vals`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx2,fma,f16c,popcnt")]
+unsafe fn row_compress<W: WeightElem, const FULL: bool>(
+    k: usize,
+    x: *const f32,
+    bp: *const u8,
+    mut vp: *const W,
+) -> f32 {
+    let iota = _mm512_loadu_si512(IOTA64.as_ptr().cast());
+    let thirty_two = _mm512_set1_epi32(32);
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut c = 0;
+    while c + 64 <= k {
+        let w = bp.add(c / 8).cast::<u64>().read_unaligned();
+        let cnt = w.count_ones();
+        let x0 = _mm512_loadu_ps(x.add(c));
+        let x1 = _mm512_loadu_ps(x.add(c + 16));
+        let x2 = _mm512_loadu_ps(x.add(c + 32));
+        let x3 = _mm512_loadu_ps(x.add(c + 48));
+        if cnt <= 16 {
+            // The offsets of the set bits, in order, in the low `cnt` bytes.
+            let ib = _mm512_maskz_compress_epi8(w, iota);
+            let idx = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(ib));
+            let lo = _mm512_permutex2var_ps(x0, idx, x1);
+            let hi = _mm512_permutex2var_ps(x2, idx, x3);
+            let xg = _mm512_mask_blend_ps(_mm512_cmpge_epu32_mask(idx, thirty_two), lo, hi);
+            // Lanes past `cnt` would pair x[c] with the next word's values: zero them.
+            let xg = _mm512_maskz_mov_ps(((1u32 << cnt) - 1) as u16, xg);
+            a0 = _mm512_fmadd_ps(load_vals::<W, FULL>(vp, cnt), xg, a0);
+        } else {
+            let o1 = (w & 0xffff).count_ones() as usize;
+            let o2 = (w & 0xffff_ffff).count_ones() as usize;
+            let o3 = (w & 0xffff_ffff_ffff).count_ones() as usize;
+            a0 = _mm512_fmadd_ps(expand::<W, FULL>(w as u16, vp), x0, a0);
+            a1 = _mm512_fmadd_ps(expand::<W, FULL>((w >> 16) as u16, vp.add(o1)), x1, a1);
+            a0 = _mm512_fmadd_ps(expand::<W, FULL>((w >> 32) as u16, vp.add(o2)), x2, a0);
+            a1 = _mm512_fmadd_ps(expand::<W, FULL>((w >> 48) as u16, vp.add(o3)), x3, a1);
+        }
+        vp = vp.add(cnt as usize);
+        c += 64;
+    }
+    while c + 16 <= k {
+        let b = bp.add(c / 8).cast::<u16>().read_unaligned();
+        a0 = _mm512_fmadd_ps(expand::<W, FULL>(b, vp), _mm512_loadu_ps(x.add(c)), a0);
+        vp = vp.add(b.count_ones() as usize);
+        c += 16;
+    }
+    if c < k {
+        let valid = k - c;
+        let vm = ((1u32 << valid) - 1) as u16;
+        // The row has ⌈valid/8⌉ bytes left; padding bits past k are masked off.
+        let p = bp.add(c / 8);
+        let b = if valid > 8 {
+            p.cast::<u16>().read_unaligned()
+        } else {
+            *p as u16
+        } & vm;
+        let xv = _mm512_maskz_loadu_ps(vm, x.add(c));
+        a0 = _mm512_fmadd_ps(expand::<W, FULL>(b, vp), xv, a0);
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+}
