@@ -542,6 +542,20 @@ impl Llama {
         out
     }
 
+    /// [`layer_linears`](Self::layer_linears), mutable (pruning and sparsifying replace them).
+    pub fn layer_linears_mut(l: &mut DecoderLayer) -> [(&'static str, &mut Linear); 7] {
+        let a = &mut l.self_attn;
+        [
+            ("self_attn.q_proj", &mut a.q_proj),
+            ("self_attn.k_proj", &mut a.k_proj),
+            ("self_attn.v_proj", &mut a.v_proj),
+            ("self_attn.o_proj", &mut a.o_proj),
+            ("mlp.gate_proj", &mut l.mlp.gate_proj),
+            ("mlp.up_proj", &mut l.mlp.up_proj),
+            ("mlp.down_proj", &mut l.mlp.down_proj),
+        ]
+    }
+
     /// The seven projections of a decoder layer with their names relative to the layer
     /// (`self_attn.q_proj`, ..., `mlp.down_proj`), in checkpoint order.
     pub fn layer_linears(l: &DecoderLayer) -> [(&'static str, &Linear); 7] {
@@ -562,16 +576,7 @@ impl Llama {
     pub fn weight_bytes_per_token(&self) -> usize {
         let mut b = self.lm_head.weight_bytes();
         for l in &self.model.layers {
-            let a = &l.self_attn;
-            for lin in [
-                &a.q_proj,
-                &a.k_proj,
-                &a.v_proj,
-                &a.o_proj,
-                &l.mlp.gate_proj,
-                &l.mlp.up_proj,
-                &l.mlp.down_proj,
-            ] {
+            for (_, lin) in Self::layer_linears(l) {
                 b += lin.weight_bytes();
             }
             b += 2 * self.config.hidden_size * 4;

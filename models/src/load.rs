@@ -486,16 +486,7 @@ pub fn save_compressed(
 /// With [`SparseLayout::Nm`] a projection with more than N nonzeros in a group is an error.
 pub fn sparsify(model: &mut Llama, layout: SparseLayout) -> Result<()> {
     for (i, l) in model.model.layers.iter_mut().enumerate() {
-        let a = &mut l.self_attn;
-        for (name, lin) in [
-            ("self_attn.q_proj", &mut a.q_proj),
-            ("self_attn.k_proj", &mut a.k_proj),
-            ("self_attn.v_proj", &mut a.v_proj),
-            ("self_attn.o_proj", &mut a.o_proj),
-            ("mlp.gate_proj", &mut l.mlp.gate_proj),
-            ("mlp.up_proj", &mut l.mlp.up_proj),
-            ("mlp.down_proj", &mut l.mlp.down_proj),
-        ] {
+        for (name, lin) in Llama::layer_linears_mut(l) {
             let w = lin.weight_tensor().into_owned();
             let s = match layout {
                 SparseLayout::Bitmask => SparseTensor::Bitmask(Bitmask::from_dense(&w)?),

@@ -208,15 +208,11 @@ impl Stage {
 }
 
 fn linear_mut(l: &mut DecoderLayer, p: usize) -> &mut Linear {
-    match p {
-        0 => &mut l.self_attn.q_proj,
-        1 => &mut l.self_attn.k_proj,
-        2 => &mut l.self_attn.v_proj,
-        3 => &mut l.self_attn.o_proj,
-        4 => &mut l.mlp.gate_proj,
-        5 => &mut l.mlp.up_proj,
-        _ => &mut l.mlp.down_proj,
-    }
+    Llama::layer_linears_mut(l)
+        .into_iter()
+        .nth(p)
+        .expect("a decoder layer has seven projections")
+        .1
 }
 
 /// Statistics of one stage's input, for the method in use.
