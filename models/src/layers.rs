@@ -136,6 +136,42 @@ impl Linear {
             other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
         }
     }
+    /// Output features `outs` only: `y[m, outs.len()] = x[m, in] · W[outs]ᵀ` (the logits of one
+    /// vocabulary block). A dense weight multiplies its rows `outs` in place; a sparse one
+    /// computes every output and keeps `outs`. Panics on wrong lengths or a range past
+    /// `out_features`.
+    pub fn forward_outputs_slice(
+        &self,
+        x: &[f32],
+        m: usize,
+        outs: std::ops::Range<usize>,
+        y: &mut [f32],
+    ) {
+        let (n, k) = (self.out_features(), self.in_features());
+        assert!(
+            outs.start <= outs.end && outs.end <= n,
+            "Linear: outputs {outs:?} of {n}"
+        );
+        let nb = outs.len();
+        let w = match &self.weight {
+            Weight::Dense(w) => w,
+            Weight::Sparse(s) => {
+                let mut all = vec![0f32; m * n];
+                s.matmul_nt_slice(x, m, &mut all);
+                for (dst, src) in y.chunks_mut(nb.max(1)).zip(all.chunks(n)) {
+                    dst.copy_from_slice(&src[outs.clone()]);
+                }
+                return;
+            }
+        };
+        let r = outs.start * k..outs.end * k;
+        match w.dtype() {
+            DType::F32 => gemv::matmul_nt(m, nb, k, x, &slice::<f32>(w)[r], y),
+            DType::BF16 => gemv::matmul_nt(m, nb, k, x, &slice::<bf16>(w)[r], y),
+            DType::F16 => gemv::matmul_nt(m, nb, k, x, &slice::<f16>(w)[r], y),
+            other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
+        }
+    }
     /// Several layers with the same input, `ys[i][m, outᵢ] = x[m, in] · Wᵢᵀ`, as one parallel
     /// region when their weights are dense and share a dtype (Q/K/V, gate/up). Panics on wrong
     /// lengths.

@@ -90,10 +90,12 @@ pub struct Llama {
     pub rotary: Rotary,
 }
 
-/// Keys and values of the positions seen so far, per layer `[kv_heads, capacity, head_dim]`, f32.
+/// Keys and values of the positions seen so far, f32, per layer: keys transposed
+/// `[kv_heads, head_dim, capacity]` (a decode step's scores then accumulate over positions in
+/// registers), values `[kv_heads, capacity, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
+    kt: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
     capacity: usize,
@@ -106,7 +108,7 @@ impl KvCache {
     pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
         let per_layer = config.num_key_value_heads * capacity * config.head_dim;
         KvCache {
-            k: (0..config.num_hidden_layers)
+            kt: (0..config.num_hidden_layers)
                 .map(|_| vec![0.0; per_layer])
                 .collect(),
             v: (0..config.num_hidden_layers)
@@ -136,13 +138,13 @@ impl KvCache {
     }
     /// Bytes of key/value storage.
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.kv_heads * self.capacity * self.head_dim * 4
+        2 * self.kt.len() * self.kv_heads * self.capacity * self.head_dim * 4
     }
 }
 
 /// Below this many score entries per head, heads run one after another (rayon's fork/join costs
 /// more than the work).
-const PAR_HEADS_MIN: usize = 4096;
+const PAR_HEADS_MIN: usize = 256;
 
 impl Attention {
     /// `x: [t, hidden]` (already normed) at positions `offset..offset + t` → `out: [t, hidden]`;
@@ -191,41 +193,43 @@ impl Attention {
         let scale = 1.0 / (hd as f32).sqrt();
         q.iter_mut().for_each(|e| *e *= scale);
         let cap = cache.capacity;
-        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+        let (kc, vc) = (&mut cache.kt[layer], &mut cache.v[layer]);
         for s in 0..t {
             for g in 0..kvh {
-                let dst = (g * cap + p + s) * hd;
                 let src = (s * kvh + g) * hd;
-                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                for (i, &e) in k[src..src + hd].iter().enumerate() {
+                    kc[(g * hd + i) * cap + p + s] = e;
+                }
+                let dst = (g * cap + p + s) * hd;
                 vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
             }
         }
         let l = p + t;
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let (kc, vc) = (&cache.kt[layer], &cache.v[layer]);
         let groups = h / kvh;
         // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`:
         // row by row on the cache for a few new positions (decode), as two GEMMs otherwise.
         let head = |(hh, ctx): (usize, &mut [f32])| {
             let g = hh / groups;
-            let kg = &kc[g * cap * hd..(g * cap + l) * hd];
+            let ktg = &kc[g * hd * cap..(g + 1) * hd * cap];
             let vg = &vc[g * cap * hd..(g * cap + l) * hd];
             if t <= DIRECT_MAX_ROWS {
                 let mut scores = vec![0f32; l];
                 for s in 0..t {
                     let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
                     let row = &mut ctx[s * hd..(s + 1) * hd];
-                    attend_row(qs, kg, vg, p + s + 1, &mut scores, row);
+                    fused::attend(qs, ktg, cap, vg, p + s + 1, &mut scores, row);
                 }
                 return;
             }
             let mut scores = vec![0f32; t * l];
-            // scores[t, l] = q_h[t, hd] · K_gᵀ
+            // scores[t, l] = q_h[t, hd] · K_gᵀ, with K_gᵀ stored as [hd, cap]
             gemm(
                 t,
                 l,
                 hd,
                 MatRef::new(&q[hh * hd..], h * hd, 1),
-                MatRef::new(kg, 1, hd),
+                MatRef::new(ktg, cap, 1),
                 &mut scores,
             );
             fused::softmax_causal_inplace(&mut scores, t, l, p);
@@ -260,39 +264,6 @@ impl Attention {
 /// Up to this many new positions, attention runs row by row on the cache (decode); above, as
 /// GEMMs per head (prefill).
 const DIRECT_MAX_ROWS: usize = 4;
-
-/// One query row against the first `len` cached keys: `out = softmax(q·Kᵀ) · V`. `q` is already
-/// scaled by 1/√d; `k, v: [≥ len, d]`; `scores` has room for `len`.
-fn attend_row(q: &[f32], k: &[f32], v: &[f32], len: usize, scores: &mut [f32], out: &mut [f32]) {
-    let d = q.len();
-    for (j, sc) in scores[..len].iter_mut().enumerate() {
-        *sc = dot(q, &k[j * d..(j + 1) * d]);
-    }
-    fused::softmax_rows_inplace(&mut scores[..len], len);
-    out.fill(0.0);
-    for (j, &pj) in scores[..len].iter().enumerate() {
-        for (o, &vv) in out.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-            *o += pj * vv;
-        }
-    }
-}
-
-/// A dot product in 16 independent lanes (the compiler keeps them in one vector register).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
 
 impl Mlp {
     /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
@@ -341,7 +312,7 @@ impl DecoderLayer {
         t: usize,
     ) -> Vec<f32> {
         let mut cache = KvCache {
-            k: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
+            kt: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
             v: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
             len: 0,
             capacity: t,
@@ -621,7 +592,7 @@ impl Llama {
     fn forward_hidden_impl(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         let c = &self.config;
         let t = ids.len();
-        if cache.k.len() != c.num_hidden_layers
+        if cache.kt.len() != c.num_hidden_layers
             || cache.kv_heads != c.num_key_value_heads
             || cache.head_dim != c.head_dim
         {
@@ -673,6 +644,18 @@ impl Llama {
         let mut out = vec![0f32; rows * self.config.vocab_size];
         in_pool(|| self.lm_head.forward_slice(hidden, rows, &mut out));
         out
+    }
+
+    /// The logits of vocabulary entries `vocab` only: `out[rows, vocab.len()]` of normed hidden
+    /// states `[rows, hidden]`. Panics on wrong lengths.
+    pub fn logits_block(
+        &self,
+        hidden: &[f32],
+        rows: usize,
+        vocab: std::ops::Range<usize>,
+        out: &mut [f32],
+    ) {
+        in_pool(|| self.lm_head.forward_outputs_slice(hidden, rows, vocab, out));
     }
 
     /// Logits `[ids.len(), vocab]` for every position of `ids` (positions `cache.len()..`).

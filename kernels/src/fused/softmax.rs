@@ -139,7 +139,7 @@ unsafe fn rows<S: Simd>(
 
 /// Softmax of the `n` elements at `x` into `out` (which may equal `x`).
 #[inline(always)]
-unsafe fn row<S: Simd>(x: *const f32, out: *mut f32, n: usize) {
+pub(super) unsafe fn row<S: Simd>(x: *const f32, out: *mut f32, n: usize) {
     let l = S::LANES;
     let neg_inf = f32::NEG_INFINITY;
     let mut mx = [S::splat(neg_inf); 2];
