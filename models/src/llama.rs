@@ -90,9 +90,10 @@ pub struct Llama {
     pub rotary: Rotary,
 }
 
-/// Keys and values of the positions seen so far, f32, per layer: keys transposed
-/// `[kv_heads, head_dim, capacity]` (a decode step's scores then accumulate over positions in
-/// registers), values `[kv_heads, capacity, head_dim]`.
+/// Keys and values of the positions seen so far, f32, per layer: keys in blocks of 16 positions
+/// `[kv_heads, ⌈capacity/16⌉, head_dim, 16]` (the layout of [`fused::attend`]: a decode step
+/// scores 16 positions per FMA and streams the keys in order), values `[kv_heads, capacity,
+/// head_dim]`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     kt: Vec<Vec<f32>>,
@@ -107,9 +108,10 @@ impl KvCache {
     /// An empty cache for up to `capacity` positions.
     pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
         let per_layer = config.num_key_value_heads * capacity * config.head_dim;
+        let keys = config.num_key_value_heads * key_group_len(capacity, config.head_dim);
         KvCache {
             kt: (0..config.num_hidden_layers)
-                .map(|_| vec![0.0; per_layer])
+                .map(|_| vec![0.0; keys])
                 .collect(),
             v: (0..config.num_hidden_layers)
                 .map(|_| vec![0.0; per_layer])
@@ -138,8 +140,13 @@ impl KvCache {
     }
     /// Bytes of key/value storage.
     pub fn bytes(&self) -> usize {
-        2 * self.kt.len() * self.kv_heads * self.capacity * self.head_dim * 4
+        self.kt.iter().chain(&self.v).map(|b| b.len() * 4).sum()
     }
+}
+
+/// Floats of one KV head's keys in the blocked layout.
+fn key_group_len(capacity: usize, head_dim: usize) -> usize {
+    capacity.next_multiple_of(fused::KEY_BLOCK) * head_dim
 }
 
 /// Below this many score entries per head, heads run one after another (rayon's fork/join costs
@@ -193,12 +200,14 @@ impl Attention {
         let scale = 1.0 / (hd as f32).sqrt();
         q.iter_mut().for_each(|e| *e *= scale);
         let cap = cache.capacity;
+        let gsz = key_group_len(cap, hd);
         let (kc, vc) = (&mut cache.kt[layer], &mut cache.v[layer]);
         for s in 0..t {
             for g in 0..kvh {
                 let src = (s * kvh + g) * hd;
+                let kg = &mut kc[g * gsz..(g + 1) * gsz];
                 for (i, &e) in k[src..src + hd].iter().enumerate() {
-                    kc[(g * hd + i) * cap + p + s] = e;
+                    kg[fused::key_index(p + s, i, hd)] = e;
                 }
                 let dst = (g * cap + p + s) * hd;
                 vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
@@ -207,29 +216,36 @@ impl Attention {
         let l = p + t;
         let (kc, vc) = (&cache.kt[layer], &cache.v[layer]);
         let groups = h / kvh;
-        // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`:
-        // row by row on the cache for a few new positions (decode), as two GEMMs otherwise.
+        if t <= DIRECT_MAX_ROWS {
+            return decode_attention(&q, kc, vc, cap, h, groups, hd, p, t);
+        }
+        // Each group's keys as one `[hd, l]` matrix for the score GEMMs.
+        let kts: Vec<Vec<f32>> = (0..kvh)
+            .map(|g| {
+                let kg = &kc[g * gsz..(g + 1) * gsz];
+                let mut kt = vec![0f32; hd * l];
+                for (i, row) in kt.chunks_mut(l).enumerate() {
+                    for (j, e) in row.iter_mut().enumerate() {
+                        *e = kg[fused::key_index(j, i, hd)];
+                    }
+                }
+                kt
+            })
+            .collect();
+        // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`,
+        // as two GEMMs.
         let head = |(hh, ctx): (usize, &mut [f32])| {
             let g = hh / groups;
-            let ktg = &kc[g * hd * cap..(g + 1) * hd * cap];
+            let ktg = &kts[g];
             let vg = &vc[g * cap * hd..(g * cap + l) * hd];
-            if t <= DIRECT_MAX_ROWS {
-                let mut scores = vec![0f32; l];
-                for s in 0..t {
-                    let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
-                    let row = &mut ctx[s * hd..(s + 1) * hd];
-                    fused::attend(qs, ktg, cap, vg, p + s + 1, &mut scores, row);
-                }
-                return;
-            }
             let mut scores = vec![0f32; t * l];
-            // scores[t, l] = q_h[t, hd] · K_gᵀ, with K_gᵀ stored as [hd, cap]
+            // scores[t, l] = q_h[t, hd] · K_gᵀ
             gemm(
                 t,
                 l,
                 hd,
                 MatRef::new(&q[hh * hd..], h * hd, 1),
-                MatRef::new(ktg, cap, 1),
+                MatRef::new(ktg, l, 1),
                 &mut scores,
             );
             fused::softmax_causal_inplace(&mut scores, t, l, p);
@@ -264,6 +280,80 @@ impl Attention {
 /// Up to this many new positions, attention runs row by row on the cache (decode); above, as
 /// GEMMs per head (prefill).
 const DIRECT_MAX_ROWS: usize = 4;
+
+/// Decode attention splits the cached positions into parts of at least this many, one per thread
+/// (flash-decoding): each part's keys and values are read by one thread only, and the threads
+/// balance whatever the number of heads.
+const SPLIT_MIN: usize = 128;
+
+/// Attention of `t ≤ DIRECT_MAX_ROWS` new rows (positions `p..p + t`, already in the cache) over
+/// the cache: `q: [t, h·hd]` (rotated, scaled), `kc: [kv_heads, hd, cap]`, `vc: [kv_heads, cap,
+/// hd]` → `[t, h·hd]`. The positions are split into parts computed in parallel, each over every
+/// head, then merged.
+#[allow(clippy::too_many_arguments)]
+fn decode_attention(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    cap: usize,
+    h: usize,
+    groups: usize,
+    hd: usize,
+    p: usize,
+    t: usize,
+) -> Vec<f32> {
+    let l = p + t;
+    let parts = (l / SPLIT_MIN).clamp(1, rayon::current_num_threads().max(1));
+    // Parts start on key blocks.
+    let chunk = l.div_ceil(parts).next_multiple_of(fused::KEY_BLOCK);
+    // Part c's unnormalised outputs `[t·h, hd]` and statistics `[t·h]`.
+    let mut outs = vec![0f32; parts * t * h * hd];
+    let mut stats = vec![(f32::NEG_INFINITY, 0f32); parts * t * h];
+    let gsz = key_group_len(cap, hd);
+    let part = |c: usize, out: &mut [f32], st: &mut [(f32, f32)]| {
+        let mut scores = vec![0f32; fused::scores_len(chunk)];
+        for hh in 0..h {
+            let g = hh / groups;
+            let kg = &kc[g * gsz..(g + 1) * gsz];
+            let vg = &vc[g * cap * hd..(g + 1) * cap * hd];
+            for s in 0..t {
+                let end = (p + s + 1).min((c + 1) * chunk);
+                let range = (c * chunk).min(end)..end;
+                let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
+                let i = s * h + hh;
+                st[i] = fused::attend_part(
+                    qs,
+                    kg,
+                    vg,
+                    range,
+                    &mut scores,
+                    &mut out[i * hd..(i + 1) * hd],
+                );
+            }
+        }
+    };
+    let per_out = t * h * hd;
+    if parts > 1 {
+        outs.par_chunks_mut(per_out)
+            .zip(stats.par_chunks_mut(t * h))
+            .enumerate()
+            .for_each(|(c, (out, st))| part(c, out, st));
+    } else {
+        part(0, &mut outs, &mut stats);
+    }
+    let mut merged = vec![0f32; t * h * hd];
+    let mut ps = vec![(0f32, 0f32); parts];
+    let mut os = vec![0f32; parts * hd];
+    for (i, dst) in merged.chunks_mut(hd).enumerate() {
+        for c in 0..parts {
+            ps[c] = stats[c * t * h + i];
+            os[c * hd..(c + 1) * hd]
+                .copy_from_slice(&outs[c * per_out + i * hd..c * per_out + (i + 1) * hd]);
+        }
+        fused::attend_merge(&ps, &os, dst);
+    }
+    merged
+}
 
 impl Mlp {
     /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
@@ -312,7 +402,10 @@ impl DecoderLayer {
         t: usize,
     ) -> Vec<f32> {
         let mut cache = KvCache {
-            kt: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
+            kt: vec![vec![
+                0.0;
+                c.num_key_value_heads * key_group_len(t, c.head_dim)
+            ]],
             v: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
             len: 0,
             capacity: t,

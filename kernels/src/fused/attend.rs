@@ -1,74 +1,149 @@
 //! Attention of one query row over cached keys and values, as a decode step needs it:
-//! `out = softmax(q · Kᵀ) · V` over the first `len` cached positions.
+//! `out = softmax(q · Kᵀ) · V` over the cached positions.
 //!
-//! The keys are stored transposed, `kt[i·ld + j]` = component `i` of key `j`, so the scores of
-//! `4·LANES` positions accumulate in registers over the `d` components (one broadcast of `q[i]`
-//! and four FMAs per component) with no horizontal sums; the values stay `[position, d]` and the
-//! output accumulates `d` columns at a time over the positions. The scale `1/√d` is the caller's
-//! (fold it into `q`).
+//! The keys are stored in blocks of [`KEY_BLOCK`] positions, each block `[d, KEY_BLOCK]`
+//! (component-major): key `j`'s component `i` is at `kb[(j / 16)·d·16 + i·16 + j % 16]`. The
+//! scores of a block then accumulate in one 16-lane register over the `d` components (a broadcast
+//! of `q[i]` and one FMA each, no horizontal sums), and a run of positions is one contiguous
+//! stretch of memory, which the hardware prefetchers stream. The values stay `[position, d]` and
+//! the output accumulates `d` columns at a time over the positions. The scale `1/√d` is the
+//! caller's (fold it into `q`).
+//!
+//! [`attend_part`] covers a range of positions and [`attend_merge`] combines ranges, so a long
+//! cache splits over threads (flash-decoding).
 
-use super::simd::{load_n, simd_entry, store_n, usable, Simd};
+use super::simd::{exp, load_n, simd_entry, store_n, usable, Simd};
 use crate::cpu::{self, Level};
 
+/// Positions per key block (see the module docs).
+pub const KEY_BLOCK: usize = 16;
+
+/// Floats of `scores` scratch that [`attend`] and [`attend_part`] need for `len` positions.
+pub fn scores_len(len: usize) -> usize {
+    len + 2 * KEY_BLOCK
+}
+
+/// Index of key `j`'s component `i` in the blocked layout of keys with `d` components.
+#[inline]
+pub fn key_index(j: usize, i: usize, d: usize) -> usize {
+    (j / KEY_BLOCK * d + i) * KEY_BLOCK + j % KEY_BLOCK
+}
+
 /// `out[d] = Σ_j softmax(q·Kᵀ)_j · v[j]` over positions `j < len`, at the detected SIMD level,
-/// on this thread. `q, out: [d]`; `kt: [d, ld]` (keys transposed, `ld ≥ len`); `v: [≥ len, d]`;
-/// `scores` is scratch of at least `len` floats (it ends holding the probabilities). With
-/// `len == 0` the output is zeros.
-pub fn attend(
-    q: &[f32],
-    kt: &[f32],
-    ld: usize,
-    v: &[f32],
-    len: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    attend_with(cpu::level(), q, kt, ld, v, len, scores, out)
+/// on this thread. `q, out: [d]`; `kb`: the keys in blocks (see the module docs), at least
+/// `⌈len/16⌉` blocks; `v: [≥ len, d]`; `scores` is scratch of at least [`scores_len`]`(len)`.
+/// With `len == 0` the output is zeros.
+pub fn attend(q: &[f32], kb: &[f32], v: &[f32], len: usize, scores: &mut [f32], out: &mut [f32]) {
+    attend_with(cpu::level(), q, kb, v, len, scores, out)
 }
 
 /// [`attend`] at an explicit level (one this CPU lacks falls back to the best it has).
 pub fn attend_with(
     level: Level,
     q: &[f32],
-    kt: &[f32],
-    ld: usize,
+    kb: &[f32],
     v: &[f32],
     len: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = check("attend", q, kt, ld, v, len, out);
+    let (_, sum) = attend_part_with(level, q, kb, v, 0..len, scores, out);
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// One part of a split attention (flash-decoding): over positions `range` only, writes the
+/// unnormalised `out = Σ_j e^(s_j − m) · v[j]` with `s_j = q·k_j` and returns `(m, Σ_j e^(s_j − m))`,
+/// `m` the largest score of the part. An empty range gives `(−∞, 0)` and zeros. Parts over
+/// disjoint ranges combine with [`attend_merge`]. Lengths as for [`attend`] with `len =
+/// range.end`; `scores` holds at least [`scores_len`]`(range.len())`.
+pub fn attend_part(
+    q: &[f32],
+    kb: &[f32],
+    v: &[f32],
+    range: std::ops::Range<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> (f32, f32) {
+    attend_part_with(cpu::level(), q, kb, v, range, scores, out)
+}
+
+/// [`attend_part`] at an explicit level (one this CPU lacks falls back to the best it has).
+pub fn attend_part_with(
+    level: Level,
+    q: &[f32],
+    kb: &[f32],
+    v: &[f32],
+    range: std::ops::Range<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) -> (f32, f32) {
+    let (j0, j1) = (range.start, range.end.max(range.start));
+    let d = check("attend", q, kb, v, j1, out);
     assert!(
-        scores.len() >= len,
-        "attend: scores holds {} < {len}",
-        scores.len()
+        scores.len() >= scores_len(j1 - j0),
+        "attend: scores holds {} < {}",
+        scores.len(),
+        scores_len(j1 - j0)
     );
-    if len == 0 {
+    if j1 == j0 || d == 0 {
         out.fill(0.0);
-        return;
+        return (f32::NEG_INFINITY, 0.0);
     }
-    // SAFETY: the level is usable; the lengths were checked above (kt holds d rows of ld ≥ len,
-    // v holds len rows of d, scores len, out d).
+    let mut stats = [0f32; 2];
+    // SAFETY: the level is usable; the lengths were checked above (kb holds the blocks of
+    // positions < j1, v holds j1 rows of d, scores the range plus two blocks, out d).
     unsafe {
         attend_at(
             usable(level),
             q.as_ptr(),
-            kt.as_ptr(),
-            ld,
+            kb.as_ptr(),
             v.as_ptr(),
             d,
-            len,
+            j0,
+            j1,
             scores.as_mut_ptr(),
             out.as_mut_ptr(),
+            stats.as_mut_ptr(),
         )
     }
+    (stats[0], stats[1])
+}
+
+/// Combines the parts of a split attention: `parts[i] = (m_i, sum_i)` and `outs: [parts, d]`
+/// from [`attend_part`] over disjoint ranges → the normalised `out: [d]`.
+pub fn attend_merge(parts: &[(f32, f32)], outs: &[f32], out: &mut [f32]) {
+    let d = out.len();
+    assert_eq!(outs.len(), parts.len() * d, "attend_merge: outs length");
+    let m = parts.iter().map(|p| p.0).fold(f32::NEG_INFINITY, f32::max);
+    out.fill(0.0);
+    if m == f32::NEG_INFINITY {
+        return;
+    }
+    let mut total = 0f32;
+    for (&(mi, si), oi) in parts.iter().zip(outs.chunks_exact(d.max(1))) {
+        if si == 0.0 {
+            continue;
+        }
+        let w = (mi - m).exp();
+        total += w * si;
+        for (o, &x) in out.iter_mut().zip(oi) {
+            *o += w * x;
+        }
+    }
+    let inv = 1.0 / total;
+    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// Plain reference for [`attend`], in f64 rounded once.
-pub fn attend_ref(q: &[f32], kt: &[f32], ld: usize, v: &[f32], len: usize, out: &mut [f32]) {
-    let d = check("attend_ref", q, kt, ld, v, len, out);
+pub fn attend_ref(q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &mut [f32]) {
+    let d = check("attend_ref", q, kb, v, len, out);
     let s: Vec<f64> = (0..len)
-        .map(|j| (0..d).map(|i| q[i] as f64 * kt[i * ld + j] as f64).sum())
+        .map(|j| {
+            (0..d)
+                .map(|i| q[i] as f64 * kb[key_index(j, i, d)] as f64)
+                .sum()
+        })
         .collect();
     let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
@@ -79,24 +154,15 @@ pub fn attend_ref(q: &[f32], kt: &[f32], ld: usize, v: &[f32], len: usize, out: 
     }
 }
 
-/// Checks the lengths; returns `d`.
-fn check(
-    name: &str,
-    q: &[f32],
-    kt: &[f32],
-    ld: usize,
-    v: &[f32],
-    len: usize,
-    out: &[f32],
-) -> usize {
+/// Checks the lengths for positions `< len`; returns `d`.
+fn check(name: &str, q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &[f32]) -> usize {
     let d = q.len();
     assert_eq!(out.len(), d, "{name}: out length");
-    assert!(ld >= len, "{name}: key stride {ld} < len {len}");
+    let blocks = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d;
     assert!(
-        d == 0 || len == 0 || kt.len() >= (d - 1) * ld + len,
-        "{name}: kt holds {} < {} floats",
-        kt.len(),
-        (d.max(1) - 1) * ld + len
+        kb.len() >= blocks,
+        "{name}: kb holds {} < {blocks} floats",
+        kb.len()
     );
     assert!(
         v.len() >= len * d,
@@ -109,68 +175,96 @@ fn check(
 
 simd_entry!(fn attend_at => attend_body(
     q: *const f32,
-    kt: *const f32,
-    ld: usize,
+    kb: *const f32,
     v: *const f32,
     d: usize,
-    len: usize,
+    j0: usize,
+    j1: usize,
     scores: *mut f32,
     out: *mut f32,
+    stats: *mut f32,
 ));
 
+/// Positions `j0..j1`: unnormalised output, and `(max, Σ exp)` into `stats[0..2]`.
+///
 /// # Safety
-/// `S`'s level is supported; `q, out` hold `d`, `kt` `d` rows of stride `ld ≥ len`, `v` `len`
-/// rows of `d`, `scores` `len`; `len > 0`.
+/// `S`'s level is supported; `q, out` hold `d > 0`; `kb` the key blocks of positions `< j1`;
+/// `v` `j1` rows of `d`; `scores` `j1 − j0 + 2·KEY_BLOCK`; `j0 < j1`.
 #[inline(always)]
 unsafe fn attend_body<S: Simd>(
     q: *const f32,
-    kt: *const f32,
-    ld: usize,
+    kb: *const f32,
     v: *const f32,
     d: usize,
-    len: usize,
+    j0: usize,
+    j1: usize,
     scores: *mut f32,
     out: *mut f32,
+    stats: *mut f32,
 ) {
+    const B: usize = KEY_BLOCK;
     let l = S::LANES;
-    // Scores, 4 vectors of positions at a time.
-    let mut j = 0;
-    while j + 4 * l <= len {
-        let mut a = [S::splat(0.0); 4];
+    // Four blocks of B / l vectors each fit the eight accumulators (l ≥ 8 at every level).
+    debug_assert!(B.is_multiple_of(l) && 4 * (B / l) <= 8);
+    // Scores of whole blocks `b0..b1` into `scores[(b − b0)·B ..]`, four blocks at a time (four
+    // independent FMA chains over contiguous memory); lanes outside `j0..j1` are cut below.
+    let (b0, b1) = (j0 / B, j1.div_ceil(B));
+    let per = B / l;
+    let mut b = b0;
+    while b < b1 {
+        let nb = (b1 - b).min(4);
+        let mut acc = [S::splat(0.0); 8];
         for i in 0..d {
             let qi = S::splat(*q.add(i));
-            let p = kt.add(i * ld + j);
-            for (k, acc) in a.iter_mut().enumerate() {
-                *acc = S::fma(qi, S::load(p.add(k * l)), *acc);
+            for k in 0..nb {
+                let row = kb.add(((b + k) * d + i) * B);
+                for u in 0..per {
+                    let a = &mut acc[k * per + u];
+                    *a = S::fma(qi, S::load(row.add(u * l)), *a);
+                }
             }
         }
-        for (k, acc) in a.iter().enumerate() {
-            S::store(scores.add(j + k * l), *acc);
+        for k in 0..nb {
+            for u in 0..per {
+                S::store(scores.add((b - b0 + k) * B + u * l), acc[k * per + u]);
+            }
         }
-        j += 4 * l;
+        b += nb;
     }
+    // The part's scores start at `scores + (j0 − b0·B)`.
+    let scores = scores.add(j0 - b0 * B);
+    let len = j1 - j0;
+    // e^(s − m) in place, and its sum.
+    let neg_inf = f32::NEG_INFINITY;
+    let mut mx = S::splat(neg_inf);
+    let mut j = 0;
     while j < len {
         let valid = (len - j).min(l);
-        let mut acc = S::splat(0.0);
-        for i in 0..d {
-            acc = S::fma(
-                S::splat(*q.add(i)),
-                load_n::<S>(kt.add(i * ld + j), valid, 0.0),
-                acc,
-            );
-        }
-        store_n::<S>(scores.add(j), acc, valid);
+        mx = S::max(mx, load_n::<S>(scores.add(j), valid, neg_inf));
         j += valid;
     }
-    super::softmax::row::<S>(scores, scores, len);
-    // out = Σ_j p_j · v_j, 4 vectors of columns at a time.
+    let m = S::hmax(mx);
+    // No finite max (+inf or NaN scores): shift by 0 and let the non-finite values through.
+    let shift = S::splat(if m.is_finite() { m } else { 0.0 });
+    let mut sum = S::splat(0.0);
+    let mut j = 0;
+    while j < len {
+        let valid = (len - j).min(l);
+        let e = exp::<S>(S::sub(load_n::<S>(scores.add(j), valid, neg_inf), shift));
+        store_n::<S>(scores.add(j), e, valid);
+        sum = S::add(sum, e);
+        j += valid;
+    }
+    *stats = m;
+    *stats.add(1) = S::hsum(sum);
+    // out = Σ_j e_j · v_j, 4 vectors of columns at a time.
     let mut c = 0;
     while c < d {
         let cols = (d - c).min(4 * l);
         let mut a = [S::splat(0.0); 4];
         for j in 0..len {
             let p = S::splat(*scores.add(j));
-            let row = v.add(j * d + c);
+            let row = v.add((j0 + j) * d + c);
             for (k, acc) in a.iter_mut().enumerate() {
                 let valid = cols.saturating_sub(k * l).min(l);
                 if valid > 0 {
@@ -197,33 +291,40 @@ mod tests {
     /// Scores of up to 128 products of terms in [-1, 1] carry about 1e-5 of absolute rounding,
     /// which the softmax turns into that much relative error of the weights; outputs are convex
     /// combinations of values in [-1, 1].
-    fn case(level: Level, d: usize, len: usize, ld: usize, seed: u64) -> Result<(), TestCaseError> {
+    fn case(
+        level: Level,
+        d: usize,
+        len: usize,
+        cached: usize,
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
         let q = fill(d, seed, 1.0);
-        let kt = fill(d * ld, seed + 1, 1.0);
-        let v = fill(len * d, seed + 2, 1.0);
-        let mut scores = vec![f32::NAN; len];
+        let kb = fill(cached.div_ceil(KEY_BLOCK) * KEY_BLOCK * d, seed + 1, 1.0);
+        let v = fill(cached * d, seed + 2, 1.0);
+        let mut scores = vec![f32::NAN; scores_len(len)];
         let mut out = vec![f32::NAN; d];
         let mut want = vec![0f32; d];
-        attend_with(level, &q, &kt, ld, &v, len, &mut scores, &mut out);
-        attend_ref(&q, &kt, ld, &v, len, &mut want);
+        attend_with(level, &q, &kb, &v, len, &mut scores, &mut out);
+        attend_ref(&q, &kb, &v, len, &mut want);
         assert_close(
             &out,
             &want,
             3e-5,
             1e-4,
-            &format!("{level:?} d={d} len={len} ld={ld}"),
+            &format!("{level:?} d={d} len={len}"),
         )
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Every level against the f64 reference over head dims and lengths around the vector
-        /// widths (8 and 16 lanes, blocks of 4 vectors) and a key stride past the length.
+        /// widths and key blocks (8 and 16 lanes, 16 positions a block, 4 blocks at a time), with
+        /// more positions cached than attended.
         #[test]
         fn attend_matches_ref(
             d in prop::sample::select(vec![1usize, 7, 15, 16, 17, 31, 64, 65, 80, 128]),
             len in prop::sample::select(vec![1usize, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 641]),
-            extra in 0usize..20,
+            extra in 0usize..40,
             seed in 0u64..1000,
         ) {
             for level in crate::cpu::available() {
@@ -232,34 +333,67 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Parts over a split of the positions (at any offsets, not only block edges) merge to
+        /// the unsplit result.
+        #[test]
+        fn parts_merge_to_the_whole(
+            d in prop::sample::select(vec![1usize, 16, 17, 64]),
+            len in 1usize..300,
+            cuts in prop::collection::vec(0usize..300, 0..4),
+            seed in 0u64..1000,
+        ) {
+            let q = fill(d, seed, 2.0);
+            let kb = fill(len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d, seed + 1, 2.0);
+            let v = fill(len * d, seed + 2, 1.0);
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % (len + 1)).collect();
+            bounds.extend([0, len]);
+            bounds.sort_unstable();
+            let (mut parts, mut outs) = (Vec::new(), Vec::new());
+            let mut scores = vec![0f32; scores_len(len)];
+            for w in bounds.windows(2) {
+                let mut o = vec![f32::NAN; d];
+                parts.push(attend_part(&q, &kb, &v, w[0]..w[1], &mut scores, &mut o));
+                outs.extend(o);
+            }
+            let mut out = vec![0f32; d];
+            attend_merge(&parts, &outs, &mut out);
+            let mut want = vec![0f32; d];
+            attend_ref(&q, &kb, &v, len, &mut want);
+            assert_close(&out, &want, 3e-5, 1e-4, "merged")?;
+        }
+    }
+
     #[test]
     fn no_positions_gives_zeros() {
         let mut out = [1f32; 4];
-        attend(&[1.0; 4], &[], 0, &[], 0, &mut [], &mut out);
+        attend(&[1.0; 4], &[], &[], 0, &mut [0.0; 32], &mut out);
         assert_eq!(out, [0.0; 4]);
     }
 
     #[test]
     fn one_dominant_key_selects_its_value() {
-        // d = 2, three positions; key 1 is aligned with q and large.
+        // d = 2, three positions; key 1 = (100, 0) is aligned with q and large.
         let q = [1.0f32, 0.0];
-        let kt = [0.0f32, 100.0, -5.0, /* */ 0.0, 0.0, 0.0];
+        let mut kb = [0f32; 2 * KEY_BLOCK];
+        kb[key_index(1, 0, 2)] = 100.0;
+        kb[key_index(2, 0, 2)] = -5.0;
         let v = [1.0f32, 2.0, 30.0, 40.0, 5.0, 6.0];
         let mut out = [0f32; 2];
-        attend(&q, &kt, 3, &v, 3, &mut [0.0; 3], &mut out);
+        attend(&q, &kb, &v, 3, &mut [0.0; 35], &mut out);
         assert_eq!(out, [30.0, 40.0]);
     }
 
     #[test]
-    #[should_panic(expected = "attend: key stride")]
-    fn short_stride_panics() {
+    #[should_panic(expected = "attend: kb holds")]
+    fn short_keys_panic() {
         attend(
             &[1.0; 2],
             &[0.0; 4],
-            1,
             &[0.0; 4],
             2,
-            &mut [0.0; 2],
+            &mut [0.0; 34],
             &mut [0.0; 2],
         );
     }

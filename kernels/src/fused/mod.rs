@@ -51,7 +51,10 @@ pub use activation::{
     exp, exp_ref, exp_with, sigmoid, sigmoid_grad, sigmoid_grad_ref, sigmoid_grad_with,
     sigmoid_ref, sigmoid_with, silu, silu_grad, silu_grad_ref, silu_grad_with, silu_ref, silu_with,
 };
-pub use attend::{attend, attend_ref, attend_with};
+pub use attend::{
+    attend, attend_merge, attend_part, attend_part_with, attend_ref, attend_with, key_index,
+    scores_len, KEY_BLOCK,
+};
 pub use convert::{
     bf16_to_f32, bf16_to_f32_ref, bf16_to_f32_with, f16_to_f32, f16_to_f32_ref, f16_to_f32_with,
     f32_to_bf16, f32_to_bf16_ref, f32_to_bf16_with, f32_to_f16, f32_to_f16_ref, f32_to_f16_with,
