@@ -311,23 +311,23 @@ fn decode_attention(
     let mut stats = vec![(f32::NEG_INFINITY, 0f32); parts * t * h];
     let gsz = key_group_len(cap, hd);
     let part = |c: usize, out: &mut [f32], st: &mut [(f32, f32)]| {
-        let mut scores = vec![0f32; fused::scores_len(chunk)];
-        for hh in 0..h {
-            let g = hh / groups;
+        let mut scores = vec![0f32; groups * fused::scores_len(chunk)];
+        for g in 0..h / groups {
             let kg = &kc[g * gsz..(g + 1) * gsz];
             let vg = &vc[g * cap * hd..(g + 1) * cap * hd];
             for s in 0..t {
                 let end = (p + s + 1).min((c + 1) * chunk);
                 let range = (c * chunk).min(end)..end;
-                let qs = &q[(s * h + hh) * hd..(s * h + hh + 1) * hd];
-                let i = s * h + hh;
-                st[i] = fused::attend_part(
-                    qs,
+                // The group's heads of row s are consecutive in q, out and st.
+                let (i0, i1) = (s * h + g * groups, s * h + (g + 1) * groups);
+                fused::attend_part_many(
+                    &q[i0 * hd..i1 * hd],
                     kg,
                     vg,
                     range,
                     &mut scores,
-                    &mut out[i * hd..(i + 1) * hd],
+                    &mut out[i0 * hd..i1 * hd],
+                    &mut st[i0..i1],
                 );
             }
         }

@@ -78,37 +78,94 @@ pub fn attend_part_with(
     scores: &mut [f32],
     out: &mut [f32],
 ) -> (f32, f32) {
+    let mut stats = [(0f32, 0f32)];
+    attend_part_many_with(level, q, kb, v, range, scores, out, &mut stats);
+    stats[0]
+}
+
+/// [`attend_part`] for several query rows that share the keys and values (the heads of one
+/// grouped-query KV head): the keys and values are read once for all of them. `qs, outs: [nq,
+/// d]`, `scores`: at least `nq ·` [`scores_len`]`(range.len())`, `stats: [nq]` receives each
+/// row's `(m, Σ e^(s − m))`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_part_many(
+    qs: &[f32],
+    kb: &[f32],
+    v: &[f32],
+    range: std::ops::Range<usize>,
+    scores: &mut [f32],
+    outs: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    attend_part_many_with(cpu::level(), qs, kb, v, range, scores, outs, stats)
+}
+
+/// [`attend_part_many`] at an explicit level (one this CPU lacks falls back to the best it has).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_part_many_with(
+    level: Level,
+    qs: &[f32],
+    kb: &[f32],
+    v: &[f32],
+    range: std::ops::Range<usize>,
+    scores: &mut [f32],
+    outs: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    let nq = stats.len();
+    assert!(nq > 0, "attend: no query rows");
+    assert_eq!(
+        qs.len() % nq,
+        0,
+        "attend: {} query floats for {nq} rows",
+        qs.len()
+    );
+    let d = qs.len() / nq;
     let (j0, j1) = (range.start, range.end.max(range.start));
-    let d = check("attend", q, kb, v, j1, out);
+    check("attend", &qs[..d], kb, v, j1, &outs[..d.min(outs.len())]);
+    assert_eq!(outs.len(), nq * d, "attend: outs length");
+    let sl = scores_len(j1 - j0);
     assert!(
-        scores.len() >= scores_len(j1 - j0),
+        scores.len() >= nq * sl,
         "attend: scores holds {} < {}",
         scores.len(),
-        scores_len(j1 - j0)
+        nq * sl
     );
     if j1 == j0 || d == 0 {
-        out.fill(0.0);
-        return (f32::NEG_INFINITY, 0.0);
+        outs.fill(0.0);
+        stats.fill((f32::NEG_INFINITY, 0.0));
+        return;
     }
-    let mut stats = [0f32; 2];
-    // SAFETY: the level is usable; the lengths were checked above (kb holds the blocks of
-    // positions < j1, v holds j1 rows of d, scores the range plus two blocks, out d).
-    unsafe {
-        attend_at(
-            usable(level),
-            q.as_ptr(),
-            kb.as_ptr(),
-            v.as_ptr(),
-            d,
-            j0,
-            j1,
-            scores.as_mut_ptr(),
-            out.as_mut_ptr(),
-            stats.as_mut_ptr(),
-        )
+    for q0 in (0..nq).step_by(MAX_Q) {
+        let n = MAX_Q.min(nq - q0);
+        let mut st = [0f32; 2 * MAX_Q];
+        // SAFETY: the level is usable; the lengths were checked above (kb holds the blocks of
+        // positions < j1, v holds j1 rows of d, scores nq rows of sl, outs nq rows of d), and
+        // rows q0..q0 + n are within them.
+        unsafe {
+            attend_at(
+                usable(level),
+                qs.as_ptr().add(q0 * d),
+                n,
+                kb.as_ptr(),
+                v.as_ptr(),
+                d,
+                j0,
+                j1,
+                scores.as_mut_ptr().add(q0 * sl),
+                sl,
+                outs.as_mut_ptr().add(q0 * d),
+                st.as_mut_ptr(),
+            )
+        }
+        for (k, s) in stats[q0..q0 + n].iter_mut().enumerate() {
+            *s = (st[2 * k], st[2 * k + 1]);
+        }
     }
-    (stats[0], stats[1])
 }
+
+/// Query rows one kernel call handles together.
+const MAX_Q: usize = 4;
 
 /// Combines the parts of a split attention: `parts[i] = (m_i, sum_i)` and `outs: [parts, d]`
 /// from [`attend_part`] over disjoint ranges → the normalised `out: [d]`.
@@ -174,108 +231,126 @@ fn check(name: &str, q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &[f32]) 
 }
 
 simd_entry!(fn attend_at => attend_body(
-    q: *const f32,
+    qs: *const f32,
+    nq: usize,
     kb: *const f32,
     v: *const f32,
     d: usize,
     j0: usize,
     j1: usize,
     scores: *mut f32,
-    out: *mut f32,
+    sl: usize,
+    outs: *mut f32,
     stats: *mut f32,
 ));
 
-/// Positions `j0..j1`: unnormalised output, and `(max, Σ exp)` into `stats[0..2]`.
+/// Positions `j0..j1` for `nq ≤ MAX_Q` query rows `qs: [nq, d]`: unnormalised outputs `outs:
+/// [nq, d]`, and row r's `(max, Σ exp)` into `stats[2r..2r + 2]`; row r's scores use
+/// `scores[r·sl ..]`.
 ///
 /// # Safety
-/// `S`'s level is supported; `q, out` hold `d > 0`; `kb` the key blocks of positions `< j1`;
-/// `v` `j1` rows of `d`; `scores` `j1 − j0 + 2·KEY_BLOCK`; `j0 < j1`.
+/// `S`'s level is supported; `qs, outs` hold `nq·d`, `d > 0`; `kb` the key blocks of positions
+/// `< j1`; `v` `j1` rows of `d`; `scores` `nq` rows of `sl ≥ j1 − j0 + 2·KEY_BLOCK`; `j0 < j1`;
+/// `1 ≤ nq ≤ MAX_Q`.
 #[inline(always)]
 unsafe fn attend_body<S: Simd>(
-    q: *const f32,
+    qs: *const f32,
+    nq: usize,
     kb: *const f32,
     v: *const f32,
     d: usize,
     j0: usize,
     j1: usize,
     scores: *mut f32,
-    out: *mut f32,
+    sl: usize,
+    outs: *mut f32,
     stats: *mut f32,
 ) {
     const B: usize = KEY_BLOCK;
     let l = S::LANES;
-    // Four blocks of B / l vectors each fit the eight accumulators (l ≥ 8 at every level).
-    debug_assert!(B.is_multiple_of(l) && 4 * (B / l) <= 8);
-    // Scores of whole blocks `b0..b1` into `scores[(b − b0)·B ..]`, four blocks at a time (four
-    // independent FMA chains over contiguous memory); lanes outside `j0..j1` are cut below.
-    let (b0, b1) = (j0 / B, j1.div_ceil(B));
     let per = B / l;
+    // One block is B / l ≤ 2 vectors at every level (l ≥ 8).
+    debug_assert!(B.is_multiple_of(l) && per <= 2 && (1..=MAX_Q).contains(&nq));
+    // Scores of whole blocks `b0..b1` into `scores[r·sl + (b − b0)·B ..]`: each block's keys are
+    // loaded once for every query row, two blocks at a time; lanes outside `j0..j1` are cut
+    // below.
+    let (b0, b1) = (j0 / B, j1.div_ceil(B));
     let mut b = b0;
     while b < b1 {
-        let nb = (b1 - b).min(4);
-        let mut acc = [S::splat(0.0); 8];
+        let nb = (b1 - b).min(2);
+        let mut acc = [[S::splat(0.0); 4]; MAX_Q];
         for i in 0..d {
-            let qi = S::splat(*q.add(i));
+            let mut kv = [S::splat(0.0); 4];
             for k in 0..nb {
                 let row = kb.add(((b + k) * d + i) * B);
                 for u in 0..per {
-                    let a = &mut acc[k * per + u];
-                    *a = S::fma(qi, S::load(row.add(u * l)), *a);
+                    kv[k * per + u] = S::load(row.add(u * l));
+                }
+            }
+            for (r, a) in acc.iter_mut().enumerate().take(nq) {
+                let qi = S::splat(*qs.add(r * d + i));
+                for (x, &k) in a.iter_mut().zip(&kv).take(nb * per) {
+                    *x = S::fma(qi, k, *x);
                 }
             }
         }
-        for k in 0..nb {
-            for u in 0..per {
-                S::store(scores.add((b - b0 + k) * B + u * l), acc[k * per + u]);
+        for (r, a) in acc.iter().enumerate().take(nq) {
+            for (w, x) in a.iter().enumerate().take(nb * per) {
+                S::store(scores.add(r * sl + (b - b0) * B + w * l), *x);
             }
         }
         b += nb;
     }
-    // The part's scores start at `scores + (j0 − b0·B)`.
-    let scores = scores.add(j0 - b0 * B);
+    // Row r's scores of the part start at `scores + r·sl + (j0 − b0·B)`; turn them into
+    // e^(s − m) in place and sum them.
     let len = j1 - j0;
-    // e^(s − m) in place, and its sum.
     let neg_inf = f32::NEG_INFINITY;
-    let mut mx = S::splat(neg_inf);
-    let mut j = 0;
-    while j < len {
-        let valid = (len - j).min(l);
-        mx = S::max(mx, load_n::<S>(scores.add(j), valid, neg_inf));
-        j += valid;
+    for r in 0..nq {
+        let sc = scores.add(r * sl + j0 - b0 * B);
+        let mut mx = S::splat(neg_inf);
+        let mut j = 0;
+        while j < len {
+            let valid = (len - j).min(l);
+            mx = S::max(mx, load_n::<S>(sc.add(j), valid, neg_inf));
+            j += valid;
+        }
+        let m = S::hmax(mx);
+        // No finite max (+inf or NaN scores): shift by 0 and let the non-finite values through.
+        let shift = S::splat(if m.is_finite() { m } else { 0.0 });
+        let mut sum = S::splat(0.0);
+        let mut j = 0;
+        while j < len {
+            let valid = (len - j).min(l);
+            let e = exp::<S>(S::sub(load_n::<S>(sc.add(j), valid, neg_inf), shift));
+            store_n::<S>(sc.add(j), e, valid);
+            sum = S::add(sum, e);
+            j += valid;
+        }
+        *stats.add(2 * r) = m;
+        *stats.add(2 * r + 1) = S::hsum(sum);
     }
-    let m = S::hmax(mx);
-    // No finite max (+inf or NaN scores): shift by 0 and let the non-finite values through.
-    let shift = S::splat(if m.is_finite() { m } else { 0.0 });
-    let mut sum = S::splat(0.0);
-    let mut j = 0;
-    while j < len {
-        let valid = (len - j).min(l);
-        let e = exp::<S>(S::sub(load_n::<S>(scores.add(j), valid, neg_inf), shift));
-        store_n::<S>(scores.add(j), e, valid);
-        sum = S::add(sum, e);
-        j += valid;
-    }
-    *stats = m;
-    *stats.add(1) = S::hsum(sum);
-    // out = Σ_j e_j · v_j, 4 vectors of columns at a time.
+    // outs[r] = Σ_j e_rj · v_j, 4 vectors of columns at a time, each value row loaded once.
     let mut c = 0;
     while c < d {
         let cols = (d - c).min(4 * l);
-        let mut a = [S::splat(0.0); 4];
+        let nv = cols.div_ceil(l);
+        let mut acc = [[S::splat(0.0); 4]; MAX_Q];
         for j in 0..len {
-            let p = S::splat(*scores.add(j));
             let row = v.add((j0 + j) * d + c);
-            for (k, acc) in a.iter_mut().enumerate() {
-                let valid = cols.saturating_sub(k * l).min(l);
-                if valid > 0 {
-                    *acc = S::fma(p, load_n::<S>(row.add(k * l), valid, 0.0), *acc);
+            let mut vv = [S::splat(0.0); 4];
+            for (k, x) in vv.iter_mut().enumerate().take(nv) {
+                *x = load_n::<S>(row.add(k * l), (cols - k * l).min(l), 0.0);
+            }
+            for (r, a) in acc.iter_mut().enumerate().take(nq) {
+                let p = S::splat(*scores.add(r * sl + j0 - b0 * B + j));
+                for (x, &y) in a.iter_mut().zip(&vv).take(nv) {
+                    *x = S::fma(p, y, *x);
                 }
             }
         }
-        for (k, acc) in a.iter().enumerate() {
-            let valid = cols.saturating_sub(k * l).min(l);
-            if valid > 0 {
-                store_n::<S>(out.add(c + k * l), *acc, valid);
+        for (r, a) in acc.iter().enumerate().take(nq) {
+            for (k, x) in a.iter().enumerate().take(nv) {
+                store_n::<S>(outs.add(r * d + c + k * l), *x, (cols - k * l).min(l));
             }
         }
         c += cols;
@@ -362,6 +437,37 @@ mod tests {
             let mut want = vec![0f32; d];
             attend_ref(&q, &kb, &v, len, &mut want);
             assert_close(&out, &want, 3e-5, 1e-4, "merged")?;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Several query rows over shared keys equal each row alone (more rows than one kernel
+        /// call takes, too).
+        #[test]
+        fn many_rows_equal_one_at_a_time(
+            nq in 1usize..11,
+            d in prop::sample::select(vec![1usize, 17, 64, 80]),
+            j0 in 0usize..40,
+            len in 1usize..200,
+            seed in 0u64..1000,
+        ) {
+            let j1 = j0 + len;
+            let qs = fill(nq * d, seed, 1.0);
+            let kb = fill(j1.div_ceil(KEY_BLOCK) * KEY_BLOCK * d, seed + 1, 1.0);
+            let v = fill(j1 * d, seed + 2, 1.0);
+            for level in crate::cpu::available() {
+                let mut scores = vec![0f32; nq * scores_len(len)];
+                let mut outs = vec![f32::NAN; nq * d];
+                let mut stats = vec![(0f32, 0f32); nq];
+                attend_part_many_with(level, &qs, &kb, &v, j0..j1, &mut scores, &mut outs, &mut stats);
+                for r in 0..nq {
+                    let mut o = vec![0f32; d];
+                    let st = attend_part_with(level, &qs[r * d..(r + 1) * d], &kb, &v, j0..j1, &mut scores, &mut o);
+                    prop_assert_eq!(st, stats[r]);
+                    assert_close(&outs[r * d..(r + 1) * d], &o, 0.0, 0.0, "row")?;
+                }
+            }
         }
     }
 

@@ -52,8 +52,8 @@ pub use activation::{
     sigmoid_ref, sigmoid_with, silu, silu_grad, silu_grad_ref, silu_grad_with, silu_ref, silu_with,
 };
 pub use attend::{
-    attend, attend_merge, attend_part, attend_part_with, attend_ref, attend_with, key_index,
-    scores_len, KEY_BLOCK,
+    attend, attend_merge, attend_part, attend_part_many, attend_part_many_with, attend_part_with,
+    attend_ref, attend_with, key_index, scores_len, KEY_BLOCK,
 };
 pub use convert::{
     bf16_to_f32, bf16_to_f32_ref, bf16_to_f32_with, f16_to_f32, f16_to_f32_ref, f16_to_f32_with,
