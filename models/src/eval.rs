@@ -298,7 +298,7 @@ mod tests {
         let config = LlamaConfig::from_json_str(&json, "c.json".as_ref()).unwrap();
         let model = Llama::random(&config, 7).unwrap();
         let ids: Vec<u32> = (0..100u32)
-            .map(|i| (i * 2654435761u32) % vocab as u32)
+            .map(|i| i.wrapping_mul(2654435761) % vocab as u32)
             .collect();
         let r = perplexity(&model, &ids, 24, |_, _| {}).unwrap();
         let want = nll_by_definition(&model, &ids, 24);
