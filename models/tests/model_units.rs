@@ -106,6 +106,73 @@ fn decoding_through_the_cache_equals_one_prefill() {
     );
 }
 
+/// Decode steps of 1 and 3 tokens over a cache long enough that decode attention splits the
+/// cached positions into parts (one per thread, from 256 positions) equal one long prefill.
+#[test]
+fn split_decode_attention_equals_one_prefill() {
+    let json = CONFIG.replace(
+        r#""max_position_embeddings": 64"#,
+        r#""max_position_embeddings": 512"#,
+    );
+    let cfg = LlamaConfig::from_json_str(&json, Path::new("c.json")).unwrap();
+    let mut model = Llama::random(&cfg, 11).unwrap();
+    // Sharp attention (scores of tens, not near 0), so parts have different maxima and a wrong
+    // merge shows.
+    for l in &mut model.model.layers {
+        let q = l
+            .self_attn
+            .q_proj
+            .weight_tensor()
+            .affine(40.0, 0.0)
+            .unwrap();
+        l.self_attn.q_proj = shears_models::layers::Linear::new(q).unwrap();
+    }
+    let v = model.config.vocab_size;
+    let ids: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 64).collect();
+    // Three threads, so the 3-part split runs whatever this machine has.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut c1 = KvCache::new(&model.config, ids.len());
+        let full = model
+            .forward(&ids, &mut c1)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        let mut c2 = KvCache::new(&model.config, ids.len());
+        let mut rows = model
+            .forward(&ids[..290], &mut c2)
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap();
+        for step in [
+            &ids[290..291],
+            &ids[291..294],
+            &ids[294..295],
+            &ids[295..298],
+            &ids[298..],
+        ] {
+            rows.extend(
+                model
+                    .forward(step, &mut c2)
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(rows.len(), full.len());
+        for (i, (a, b)) in full.iter().zip(&rows).enumerate().skip(290 * v) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "[{}] {a} vs {b}",
+                i / v
+            );
+        }
+    });
+}
+
 #[test]
 fn sampling_follows_the_softmax_and_the_filters() {
     let logits = [1.0f32, 2.0, 0.5, -1.0, 1.5];
