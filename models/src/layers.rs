@@ -188,9 +188,13 @@ impl Linear {
             })
             .collect();
         let Some(dense) = dense else {
-            for (l, y) in layers.iter().zip(ys.iter_mut()) {
-                l.forward_slice(x, m, y);
-            }
+            // Sparse (or mixed) layers: one scope, so the threads balance over every layer's row
+            // tasks instead of meeting at a join after each layer.
+            rayon::scope(|s| {
+                for (l, y) in layers.iter().zip(ys.iter_mut()) {
+                    s.spawn(move |_| l.forward_slice(x, m, y));
+                }
+            });
             return;
         };
         let ns: Vec<usize> = layers.iter().map(|l| l.out_features()).collect();
