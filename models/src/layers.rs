@@ -39,6 +39,18 @@ pub struct Linear {
     pub weight: Weight,
 }
 
+/// `y[m, rows.len()] = x[m, k] · w[rows]ᵀ` for a dense `[n, k]` weight, at its storage dtype.
+fn dense_nt(w: &Tensor, x: &[f32], m: usize, rows: std::ops::Range<usize>, y: &mut [f32]) {
+    let k = w.dims()[1];
+    let (nb, r) = (rows.len(), rows.start * k..rows.end * k);
+    match w.dtype() {
+        DType::F32 => gemv::matmul_nt(m, nb, k, x, &slice::<f32>(w)[r], y),
+        DType::BF16 => gemv::matmul_nt(m, nb, k, x, &slice::<bf16>(w)[r], y),
+        DType::F16 => gemv::matmul_nt(m, nb, k, x, &slice::<f16>(w)[r], y),
+        other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
+    }
+}
+
 fn check_float_matrix(op: &'static str, w: &Tensor) -> Result<()> {
     if w.rank() != 2 {
         return Err(Error::invalid(
@@ -124,16 +136,9 @@ impl Linear {
     }
     /// `y[m, out] = x[m, in] · Wᵀ` on plain buffers. Panics on wrong lengths (callers check).
     pub fn forward_slice(&self, x: &[f32], m: usize, y: &mut [f32]) {
-        let (n, k) = (self.out_features(), self.in_features());
-        let w = match &self.weight {
-            Weight::Dense(w) => w,
-            Weight::Sparse(s) => return s.matmul_nt_slice(x, m, y),
-        };
-        match w.dtype() {
-            DType::F32 => gemv::matmul_nt(m, n, k, x, slice::<f32>(w), y),
-            DType::BF16 => gemv::matmul_nt(m, n, k, x, slice::<bf16>(w), y),
-            DType::F16 => gemv::matmul_nt(m, n, k, x, slice::<f16>(w), y),
-            other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
+        match &self.weight {
+            Weight::Dense(w) => dense_nt(w, x, m, 0..self.out_features(), y),
+            Weight::Sparse(s) => s.matmul_nt_slice(x, m, y),
         }
     }
     /// Output features `outs` only: `y[m, outs.len()] = x[m, in] · W[outs]ᵀ` (the logits of one
@@ -147,29 +152,20 @@ impl Linear {
         outs: std::ops::Range<usize>,
         y: &mut [f32],
     ) {
-        let (n, k) = (self.out_features(), self.in_features());
+        let n = self.out_features();
         assert!(
             outs.start <= outs.end && outs.end <= n,
             "Linear: outputs {outs:?} of {n}"
         );
-        let nb = outs.len();
-        let w = match &self.weight {
-            Weight::Dense(w) => w,
+        match &self.weight {
+            Weight::Dense(w) => dense_nt(w, x, m, outs, y),
             Weight::Sparse(s) => {
                 let mut all = vec![0f32; m * n];
                 s.matmul_nt_slice(x, m, &mut all);
-                for (dst, src) in y.chunks_mut(nb.max(1)).zip(all.chunks(n)) {
+                for (dst, src) in y.chunks_mut(outs.len().max(1)).zip(all.chunks(n)) {
                     dst.copy_from_slice(&src[outs.clone()]);
                 }
-                return;
             }
-        };
-        let r = outs.start * k..outs.end * k;
-        match w.dtype() {
-            DType::F32 => gemv::matmul_nt(m, nb, k, x, &slice::<f32>(w)[r], y),
-            DType::BF16 => gemv::matmul_nt(m, nb, k, x, &slice::<bf16>(w)[r], y),
-            DType::F16 => gemv::matmul_nt(m, nb, k, x, &slice::<f16>(w)[r], y),
-            other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
         }
     }
     /// Several layers with the same input, `ys[i][m, outᵢ] = x[m, in] · Wᵢᵀ`, as one parallel

@@ -13,6 +13,11 @@ const CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 64, "hidden_size":
   "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
   "tie_word_embeddings": false, "eos_token_id": [3, 5]}"#;
 
+/// Logits `[ids.len() × vocab]` of `ids` at the cache's next positions.
+fn logits(model: &Llama, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    model.forward(ids, cache).unwrap().to_vec::<f32>().unwrap()
+}
+
 fn config() -> LlamaConfig {
     LlamaConfig::from_json_str(CONFIG, Path::new("config.json")).unwrap()
 }
@@ -49,26 +54,12 @@ fn decoding_through_the_cache_equals_one_prefill() {
     let ids = [1u32, 7, 9, 4, 33, 2, 60, 8, 12, 5, 6];
     let v = model.config.vocab_size;
     let mut c1 = KvCache::new(&model.config, ids.len());
-    let full = model
-        .forward(&ids, &mut c1)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let full = logits(&model, &ids, &mut c1);
     // Prefill 5, then 6 single steps (the decode path), then compare every row.
     let mut c2 = KvCache::new(&model.config, ids.len());
-    let mut rows = model
-        .forward(&ids[..5], &mut c2)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let mut rows = logits(&model, &ids[..5], &mut c2);
     for &id in &ids[5..] {
-        rows.extend(
-            model
-                .forward(&[id], &mut c2)
-                .unwrap()
-                .to_vec::<f32>()
-                .unwrap(),
-        );
+        rows.extend(logits(&model, &[id], &mut c2));
     }
     assert_eq!(rows.len(), ids.len() * v);
     for (i, (a, b)) in full.iter().zip(&rows).enumerate() {
@@ -78,11 +69,7 @@ fn decoding_through_the_cache_equals_one_prefill() {
     let mut other = ids;
     other[0] = 50;
     let mut c3 = KvCache::new(&model.config, ids.len());
-    let changed = model
-        .forward(&other, &mut c3)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let changed = logits(&model, &other, &mut c3);
     assert_ne!(
         &changed[(ids.len() - 1) * v..],
         &full[(ids.len() - 1) * v..]
@@ -91,11 +78,7 @@ fn decoding_through_the_cache_equals_one_prefill() {
     let mut last = ids;
     last[ids.len() - 1] = 40;
     let mut c4 = KvCache::new(&model.config, ids.len());
-    let l4 = model
-        .forward(&last, &mut c4)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap();
+    let l4 = logits(&model, &last, &mut c4);
     assert_eq!(&l4[..(ids.len() - 1) * v], &full[..(ids.len() - 1) * v]);
     assert!(model.forward(&[1], &mut c1).is_err(), "the cache is full");
     assert!(
@@ -129,24 +112,17 @@ fn split_decode_attention_equals_one_prefill() {
     }
     let v = model.config.vocab_size;
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 64).collect();
-    // Three threads, so the 3-part split runs whatever this machine has.
+    // A pool of three threads, so the split (⌊291..300 / 128⌋ = 2 parts here) runs even where
+    // the machine has one core.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(3)
         .build()
         .unwrap();
     pool.install(|| {
         let mut c1 = KvCache::new(&model.config, ids.len());
-        let full = model
-            .forward(&ids, &mut c1)
-            .unwrap()
-            .to_vec::<f32>()
-            .unwrap();
+        let full = logits(&model, &ids, &mut c1);
         let mut c2 = KvCache::new(&model.config, ids.len());
-        let mut rows = model
-            .forward(&ids[..290], &mut c2)
-            .unwrap()
-            .to_vec::<f32>()
-            .unwrap();
+        let mut rows = logits(&model, &ids[..290], &mut c2);
         for step in [
             &ids[290..291],
             &ids[291..294],
@@ -154,13 +130,7 @@ fn split_decode_attention_equals_one_prefill() {
             &ids[295..298],
             &ids[298..],
         ] {
-            rows.extend(
-                model
-                    .forward(step, &mut c2)
-                    .unwrap()
-                    .to_vec::<f32>()
-                    .unwrap(),
-            );
+            rows.extend(logits(&model, step, &mut c2));
         }
         assert_eq!(rows.len(), full.len());
         for (i, (a, b)) in full.iter().zip(&rows).enumerate().skip(290 * v) {
@@ -385,16 +355,8 @@ fn compressed_checkpoints_round_trip_into_sparse_layers() {
             KvCache::new(&model.config, 8),
             KvCache::new(&model.config, 8),
         );
-        let a = model
-            .forward(&ids, &mut c1)
-            .unwrap()
-            .to_vec::<f32>()
-            .unwrap();
-        let b = again
-            .forward(&ids, &mut c2)
-            .unwrap()
-            .to_vec::<f32>()
-            .unwrap();
+        let a = logits(&model, &ids, &mut c1);
+        let b = logits(&again, &ids, &mut c2);
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
         }
