@@ -94,34 +94,25 @@ fn bits_nt<W: WeightElem>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512 && m == 1 && x86::compress_pays(pat.nnz, n, k) {
-        let tasks = engine::row_tasks(n, m * n * k, 8, 256);
-        let (xp, yp) = (SendConstPtr(x.as_ptr()), SendPtr(y.as_mut_ptr()));
-        engine::run_tasks(&tasks, |&(r0, r1)| {
-            for r in r0..r1 {
-                pat.check_row(r);
-            }
-            // SAFETY: AVX-512 and VBMI2 are supported (level, compress_pays); x and y hold k
-            // and n floats (checked by the caller), k > 0; `check_row` passed for rows r0..r1;
-            // tasks own disjoint rows.
-            unsafe {
-                x86::bits_compress_rows_m1(k, xp.get(), pat, values.as_ptr(), yp.get(), r0, r1)
-            };
-        });
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
     if level == Level::Avx512 && m <= x86::EXPAND_M {
+        // Decode below ~20 % density on VBMI2 CPUs: the compress kernel; else the expand one.
+        let compress = m == 1 && x86::compress_pays(pat.nnz, n, k);
         let tasks = engine::row_tasks(n, m * n * k, 8, 256);
         let (xp, yp) = (SendConstPtr(x.as_ptr()), SendPtr(y.as_mut_ptr()));
         engine::run_tasks(&tasks, |&(r0, r1)| {
             for r in r0..r1 {
                 pat.check_row(r);
             }
-            // SAFETY: AVX-512 is supported (level); x and y hold m·k and m·n floats (checked by
-            // the caller), k > 0; `check_row` passed for rows r0..r1; tasks own disjoint rows.
+            let (xp, vp, yp) = (xp.get(), values.as_ptr(), yp.get());
+            // SAFETY: AVX-512 is supported (level), and VBMI2 when `compress` (compress_pays);
+            // x and y hold m·k and m·n floats (checked by the caller), k > 0; `check_row` passed
+            // for rows r0..r1; tasks own disjoint rows.
             unsafe {
-                x86::bits_expand_rows(m, n, k, xp.get(), pat, values.as_ptr(), yp.get(), r0, r1)
+                if compress {
+                    x86::bits_compress_rows_m1(k, xp, pat, vp, yp, r0, r1)
+                } else {
+                    x86::bits_expand_rows(m, n, k, xp, pat, vp, yp, r0, r1)
+                }
             };
         });
         return;
