@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shears::kernels::limits;
 use shears::models::eval;
 use shears::models::generate::{self, GenerateOptions, Sampler, SamplingParams, StopReason};
-use shears::models::llama::{KvCache, Llama};
+use shears::models::llama::Llama;
 use shears::models::load::{self, LoadOptions};
 use shears::models::tokenizer::Tokenizer;
 use shears::tensor::DType;
@@ -43,9 +43,22 @@ pub struct ModelArgs {
     /// Storage dtype of the projection and embedding weights (computation is f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
+    /// Storage dtype of the KV cache (`auto`: that of the weights). A half cache reads half the
+    /// bytes per decode step and rounds keys and values to 8 (bf16) or 11 (f16) significant bits.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kv_dtype: KvDTypeArg,
     /// Threads to run on [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// Storage dtype of the KV cache.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KvDTypeArg {
+    Auto,
+    F32,
+    Bf16,
+    F16,
 }
 
 impl ModelArgs {
@@ -65,12 +78,18 @@ impl ModelArgs {
         set_threads(self.threads)?;
         let path = self.path()?;
         let t0 = Instant::now();
-        let (model, tok) = load::load(
+        let (mut model, tok) = load::load(
             &path,
             &LoadOptions {
                 dtype: self.dtype.dtype(),
             },
         )?;
+        match self.kv_dtype {
+            KvDTypeArg::Auto => {}
+            KvDTypeArg::F32 => model.kv_dtype = DType::F32,
+            KvDTypeArg::Bf16 => model.kv_dtype = DType::BF16,
+            KvDTypeArg::F16 => model.kv_dtype = DType::F16,
+        }
         Ok((model, tok, t0.elapsed().as_secs_f64()))
     }
 }
@@ -164,6 +183,7 @@ pub fn run_eval(args: &EvalArgs) -> CliResult {
             "load_secs": load_secs,
             "threads": rayon::current_num_threads(),
             "dtype": model.dtype().as_str(),
+            "kv_dtype": model.kv_dtype.as_str(),
             "weight_bytes": model.weight_bytes(),
             "peak_rss_bytes": rss,
             "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
@@ -334,7 +354,7 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     let ids: Vec<u32> = (0..args.prefill as u64)
         .map(|i| ((i * 7919 + 13) % c.vocab_size as u64) as u32)
         .collect();
-    let mut cache = KvCache::new(c, args.prefill + args.decode);
+    let mut cache = model.new_cache(args.prefill + args.decode)?;
     // Warm-up: one short prefill touches every weight page.
     model.forward_last(&ids[..8.min(ids.len())], &mut cache)?;
     cache.clear();
@@ -371,6 +391,7 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             "decode_tokens": args.decode,
             "threads": rayon::current_num_threads(),
             "dtype": model.dtype().as_str(),
+            "kv_dtype": model.kv_dtype.as_str(),
             "weight_bytes": model.weight_bytes(),
             "weight_bytes_per_token": per_token,
             "decode_weight_gb_per_s": decode_gbps,
@@ -418,10 +439,11 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             .unwrap_or_else(|| "n/a".into());
         writeln!(
             out,
-            "{} threads, {} weights ({:.1} MiB), KV cache {:.1} MiB, peak RSS {rss_text}",
+            "{} threads, {} weights ({:.1} MiB), {} KV cache {:.1} MiB, peak RSS {rss_text}",
             rayon::current_num_threads(),
             model.dtype().as_str(),
             mib(model.weight_bytes()),
+            model.kv_dtype.as_str(),
             mib(kv_bytes),
         )?;
         if let Some(l) = lim {
@@ -460,7 +482,7 @@ pub fn decode_tokens_per_s(
     if p.is_empty() {
         return Err("decode benchmark: empty prompt".into());
     }
-    let mut cache = KvCache::new(&model.config, p.len() + tokens);
+    let mut cache = model.new_cache(p.len() + tokens)?;
     model.forward_last(&p[..p.len().min(8)], &mut cache)?;
     cache.clear();
     let mut logits = model.forward_last(p, &mut cache)?;

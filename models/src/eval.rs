@@ -202,7 +202,7 @@ pub fn perplexity(
             ),
         ));
     }
-    let mut cache = KvCache::new(&model.config, seqlen);
+    let mut cache = model.new_cache(seqlen)?;
     let t0 = Instant::now();
     let mut sum_of_means = 0.0;
     for w in 0..windows {

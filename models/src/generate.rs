@@ -18,7 +18,7 @@
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 
-use crate::llama::{KvCache, Llama};
+use crate::llama::Llama;
 use shears_tensor::{Error, Result, Rng};
 use std::time::Instant;
 
@@ -219,7 +219,7 @@ pub fn generate(
         ));
     }
     let capacity = (prompt.len() + opts.max_tokens).min(ctx);
-    let mut cache = KvCache::new(&model.config, capacity);
+    let mut cache = model.new_cache(capacity)?;
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut tokens = Vec::new();
     let t0 = Instant::now();

@@ -22,9 +22,11 @@
 
 use crate::config::LlamaConfig;
 use crate::layers::{Embedding, Linear, RmsNorm, Rotary};
+use half::{bf16, f16};
 use rayon::prelude::*;
 use shears_kernels::fused::{self, RopeLayout};
 use shears_kernels::gemm::{gemm, MatRef};
+use shears_kernels::gemv::WeightElem;
 use shears_tensor::{DType, Error, Result, Tensor};
 use std::borrow::Cow;
 
@@ -88,38 +90,140 @@ pub struct Llama {
     pub lm_head: Linear,
     /// Rotary tables and the Q/K pair layout of the loaded weights.
     pub rotary: Rotary,
+    /// Storage dtype of the KV caches [`new_cache`](Self::new_cache) makes: f32, bf16 or f16.
+    /// [`Llama::new`] sets the weights' dtype (as HF transformers does; a half cache reads half
+    /// the bytes per decode step).
+    pub kv_dtype: DType,
 }
 
-/// Keys and values of the positions seen so far, f32, per layer: keys in blocks of 16 positions
-/// `[kv_heads, ⌈capacity/16⌉, head_dim, 16]` (the layout of [`fused::attend`]: a decode step
-/// scores 16 positions per FMA and streams the keys in order), values `[kv_heads, capacity,
-/// head_dim]`.
+/// Keys and values of the positions seen so far, per layer, stored as f32, bf16 or f16 (rounded
+/// to nearest even when written; attention widens them back to f32): keys in blocks of 16
+/// positions `[kv_heads, ⌈capacity/16⌉, head_dim, 16]` (the layout of [`fused::attend`]: a decode
+/// step scores 16 positions per FMA and streams the keys in order), values `[kv_heads, capacity,
+/// head_dim]`. Every attention read, prefill included, goes through the stored values, so one
+/// prefill and token-by-token decoding see the same keys and values.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    kt: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    kt: Vec<KvBuf>,
+    v: Vec<KvBuf>,
     len: usize,
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
+/// One layer's keys or values in the cache's storage dtype.
+#[derive(Debug, Clone)]
+enum KvBuf {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl KvBuf {
+    fn zeros(dtype: DType, len: usize) -> KvBuf {
+        match dtype {
+            DType::BF16 => KvBuf::Bf16(vec![bf16::ZERO; len]),
+            DType::F16 => KvBuf::F16(vec![f16::ZERO; len]),
+            _ => KvBuf::F32(vec![0.0; len]),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            KvBuf::F32(b) => b.len(),
+            KvBuf::Bf16(b) => b.len(),
+            KvBuf::F16(b) => b.len(),
+        }
+    }
+    fn elem_bytes(&self) -> usize {
+        match self {
+            KvBuf::F32(_) => 4,
+            _ => 2,
+        }
+    }
+    /// `self[at + i] = src[i]` (rounded to the storage dtype).
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvBuf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
+            KvBuf::Bf16(b) => fused::f32_to_bf16(src, &mut b[at..at + src.len()]),
+            KvBuf::F16(b) => fused::f32_to_f16(src, &mut b[at..at + src.len()]),
+        }
+    }
+    /// `self[idx(i)] = src[i]` (rounded to the storage dtype).
+    fn scatter(&mut self, src: &[f32], idx: impl Fn(usize) -> usize) {
+        match self {
+            KvBuf::F32(b) => src.iter().enumerate().for_each(|(i, &e)| b[idx(i)] = e),
+            KvBuf::Bf16(b) => src
+                .iter()
+                .enumerate()
+                .for_each(|(i, &e)| b[idx(i)] = bf16::from_f32(e)),
+            KvBuf::F16(b) => src
+                .iter()
+                .enumerate()
+                .for_each(|(i, &e)| b[idx(i)] = f16::from_f32(e)),
+        }
+    }
+    /// Elements `range` widened to f32 (borrowed when stored as f32).
+    fn f32_range(&self, range: std::ops::Range<usize>) -> Cow<'_, [f32]> {
+        match self {
+            KvBuf::F32(b) => Cow::Borrowed(&b[range]),
+            KvBuf::Bf16(b) => Cow::Owned(b[range].iter().map(|e| e.to_f32()).collect()),
+            KvBuf::F16(b) => Cow::Owned(b[range].iter().map(|e| e.to_f32()).collect()),
+        }
+    }
+    /// Element `i` widened to f32.
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            KvBuf::F32(b) => b[i],
+            KvBuf::Bf16(b) => b[i].to_f32(),
+            KvBuf::F16(b) => b[i].to_f32(),
+        }
+    }
+}
+
 impl KvCache {
-    /// An empty cache for up to `capacity` positions.
+    /// An empty f32 cache for up to `capacity` positions ([`Llama::new_cache`] makes one in the
+    /// model's [`kv_dtype`](Llama::kv_dtype)).
     pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
+        Self::build(config, capacity, DType::F32)
+    }
+
+    /// An empty cache for up to `capacity` positions storing keys and values as `dtype` (f32,
+    /// bf16 or f16; any other dtype is an error).
+    pub fn with_dtype(config: &LlamaConfig, capacity: usize, dtype: DType) -> Result<KvCache> {
+        match dtype {
+            DType::F32 | DType::BF16 | DType::F16 => Ok(Self::build(config, capacity, dtype)),
+            dtype => Err(Error::UnsupportedDType {
+                op: "KvCache",
+                dtype,
+                expected: "an f32, bf16 or f16 KV cache",
+            }),
+        }
+    }
+
+    fn build(config: &LlamaConfig, capacity: usize, dtype: DType) -> KvCache {
         let per_layer = config.num_key_value_heads * capacity * config.head_dim;
         let keys = config.num_key_value_heads * key_group_len(capacity, config.head_dim);
         KvCache {
             kt: (0..config.num_hidden_layers)
-                .map(|_| vec![0.0; keys])
+                .map(|_| KvBuf::zeros(dtype, keys))
                 .collect(),
             v: (0..config.num_hidden_layers)
-                .map(|_| vec![0.0; per_layer])
+                .map(|_| KvBuf::zeros(dtype, per_layer))
                 .collect(),
             len: 0,
             capacity,
             kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
+        }
+    }
+
+    /// The storage dtype of keys and values.
+    pub fn dtype(&self) -> DType {
+        match self.v.first() {
+            Some(KvBuf::Bf16(_)) => DType::BF16,
+            Some(KvBuf::F16(_)) => DType::F16,
+            _ => DType::F32,
         }
     }
     /// Positions stored.
@@ -140,7 +244,11 @@ impl KvCache {
     }
     /// Bytes of key/value storage.
     pub fn bytes(&self) -> usize {
-        self.kt.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+        self.kt
+            .iter()
+            .chain(&self.v)
+            .map(|b| b.len() * b.elem_bytes())
+            .sum()
     }
 }
 
@@ -205,39 +313,51 @@ impl Attention {
         for s in 0..t {
             for g in 0..kvh {
                 let src = (s * kvh + g) * hd;
-                let kg = &mut kc[g * gsz..(g + 1) * gsz];
-                for (i, &e) in k[src..src + hd].iter().enumerate() {
-                    kg[fused::key_index(p + s, i, hd)] = e;
-                }
-                let dst = (g * cap + p + s) * hd;
-                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                kc.scatter(&k[src..src + hd], |i| {
+                    g * gsz + fused::key_index(p + s, i, hd)
+                });
+                vc.write((g * cap + p + s) * hd, &v[src..src + hd]);
             }
         }
         let l = p + t;
         let (kc, vc) = (&cache.kt[layer], &cache.v[layer]);
         let groups = h / kvh;
         if t <= DIRECT_MAX_ROWS {
-            return decode_attention(&q, kc, vc, cap, h, groups, hd, p, t);
+            return match (kc, vc) {
+                (KvBuf::F32(kc), KvBuf::F32(vc)) => {
+                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
+                }
+                (KvBuf::Bf16(kc), KvBuf::Bf16(vc)) => {
+                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
+                }
+                (KvBuf::F16(kc), KvBuf::F16(vc)) => {
+                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
+                }
+                _ => unreachable!("keys and values share one dtype"),
+            };
         }
-        // Each group's keys as one `[hd, l]` matrix for the score GEMMs.
+        // Each group's keys as one `[hd, l]` f32 matrix for the score GEMMs, and its values
+        // `[l, hd]`.
         let kts: Vec<Vec<f32>> = (0..kvh)
             .map(|g| {
-                let kg = &kc[g * gsz..(g + 1) * gsz];
                 let mut kt = vec![0f32; hd * l];
                 for (i, row) in kt.chunks_mut(l).enumerate() {
                     for (j, e) in row.iter_mut().enumerate() {
-                        *e = kg[fused::key_index(j, i, hd)];
+                        *e = kc.get(g * gsz + fused::key_index(j, i, hd));
                     }
                 }
                 kt
             })
+            .collect();
+        let vs: Vec<Cow<[f32]>> = (0..kvh)
+            .map(|g| vc.f32_range(g * cap * hd..(g * cap + l) * hd))
             .collect();
         // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`,
         // as two GEMMs.
         let head = |(hh, ctx): (usize, &mut [f32])| {
             let g = hh / groups;
             let ktg = &kts[g];
-            let vg = &vc[g * cap * hd..(g * cap + l) * hd];
+            let vg = &vs[g][..];
             let mut scores = vec![0f32; t * l];
             // scores[t, l] = q_h[t, hd] · K_gᵀ
             gemm(
@@ -291,10 +411,10 @@ const SPLIT_MIN: usize = 128;
 /// hd]` → `[t, h·hd]`. The positions are split into parts computed in parallel, each over every
 /// head, then merged.
 #[allow(clippy::too_many_arguments)]
-fn decode_attention(
+fn decode_attention<W: WeightElem>(
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
+    kc: &[W],
+    vc: &[W],
     cap: usize,
     h: usize,
     groups: usize,
@@ -402,11 +522,15 @@ impl DecoderLayer {
         t: usize,
     ) -> Vec<f32> {
         let mut cache = KvCache {
-            kt: vec![vec![
+            kt: vec![KvBuf::F32(vec![
                 0.0;
-                c.num_key_value_heads * key_group_len(t, c.head_dim)
-            ]],
-            v: vec![vec![0.0; c.num_key_value_heads * t * c.head_dim]],
+                c.num_key_value_heads
+                    * key_group_len(t, c.head_dim)
+            ])],
+            v: vec![KvBuf::F32(vec![
+                0.0;
+                c.num_key_value_heads * t * c.head_dim
+            ])],
             len: 0,
             capacity: t,
             kv_heads: c.num_key_value_heads,
@@ -520,12 +644,23 @@ impl Llama {
             ));
         }
         let rotary = Rotary::new(c.head_dim, c.max_position_embeddings, c.rope_theta, layout);
+        let kv_dtype = match model.layers.first().map(|l| l.self_attn.q_proj.dtype()) {
+            Some(d @ (DType::BF16 | DType::F16)) => d,
+            _ => DType::F32,
+        };
         Ok(Llama {
             config,
             model,
             lm_head,
             rotary,
+            kv_dtype,
         })
+    }
+
+    /// An empty KV cache for up to `capacity` positions in [`kv_dtype`](Self::kv_dtype) (an
+    /// error if that is not f32, bf16 or f16).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::with_dtype(&self.config, capacity, self.kv_dtype)
     }
 
     /// A model with random weights (normal, std 0.02; norm gains 1) in f32, for tests and

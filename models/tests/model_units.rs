@@ -5,7 +5,7 @@ use shears_models::config::LlamaConfig;
 use shears_models::generate::{Sampler, SamplingParams};
 use shears_models::llama::{KvCache, Llama};
 use shears_models::load::{load_model, save_hf, LoadOptions};
-use shears_tensor::{io, Error};
+use shears_tensor::{io, DType, Error};
 use std::path::Path;
 
 const CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
@@ -141,6 +141,62 @@ fn split_decode_attention_equals_one_prefill() {
             );
         }
     });
+}
+
+/// A bf16 or f16 KV cache: decoding through it equals one prefill through it (both read the same
+/// rounded keys and values, also over the split decode attention), it holds half the bytes, and
+/// its logits stay within the rounding of keys and values of the f32 cache's (but differ).
+#[test]
+fn half_kv_cache_decodes_like_its_prefill_and_stays_near_f32() {
+    let json = CONFIG.replace(
+        r#""max_position_embeddings": 64"#,
+        r#""max_position_embeddings": 512"#,
+    );
+    let cfg = LlamaConfig::from_json_str(&json, Path::new("c.json")).unwrap();
+    let mut model = Llama::random(&cfg, 5).unwrap();
+    assert_eq!(model.kv_dtype, DType::F32, "f32 weights get an f32 cache");
+    assert_eq!(model.new_cache(4).unwrap().dtype(), DType::F32);
+    let v = model.config.vocab_size;
+    let ids: Vec<u32> = (0..300u32).map(|i| (i * 29 + 3) % 64).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut c32 = KvCache::new(&model.config, ids.len());
+        let exact = logits(&model, &ids, &mut c32);
+        // bf16 keeps 8 significant bits, f16 11: relative rounding 2^-9 and 2^-12 per element;
+        // the bounds are about ten times the error seen on this model (3e-4 and 3e-5).
+        for (dt, tol) in [(DType::BF16, 3e-3f32), (DType::F16, 4e-4)] {
+            model.kv_dtype = dt;
+            let mut c1 = model.new_cache(ids.len()).unwrap();
+            assert_eq!(c1.dtype(), dt);
+            assert_eq!(2 * c1.bytes(), c32.bytes());
+            let full = logits(&model, &ids, &mut c1);
+            let mut c2 = model.new_cache(ids.len()).unwrap();
+            let mut rows = logits(&model, &ids[..290], &mut c2);
+            for step in [&ids[290..291], &ids[291..294], &ids[294..]] {
+                rows.extend(logits(&model, step, &mut c2));
+            }
+            for (i, (a, b)) in full.iter().zip(&rows).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{dt:?} [{}] {a} vs {b}",
+                    i / v
+                );
+            }
+            let worst = full
+                .iter()
+                .zip(&exact)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0f32, f32::max);
+            assert!(worst > 0.0, "{dt:?}: the cache did not round anything");
+            assert!(worst <= tol, "{dt:?}: {worst} from the f32 cache");
+        }
+    });
+    assert!(KvCache::with_dtype(&model.config, 4, DType::F64).is_err());
+    model.kv_dtype = DType::F64;
+    assert!(model.new_cache(4).is_err());
 }
 
 #[test]

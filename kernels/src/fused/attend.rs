@@ -7,13 +7,15 @@
 //! of `q[i]` and one FMA each, no horizontal sums), and a run of positions is one contiguous
 //! stretch of memory, which the hardware prefetchers stream. The values stay `[position, d]` and
 //! the output accumulates `d` columns at a time over the positions. The scale `1/√d` is the
-//! caller's (fold it into `q`).
+//! caller's (fold it into `q`). Keys and values are f32, bf16 or f16 ([`WeightElem`]; a
+//! half-precision KV cache reads half the bytes), widened to f32 in registers; sums are f32.
 //!
 //! [`attend_part`] covers a range of positions and [`attend_merge`] combines ranges, so a long
 //! cache splits over threads (flash-decoding).
 
-use super::simd::{exp, load_n, simd_entry, store_n, usable, Simd};
+use super::simd::{exp, load_elem_n, load_n, store_n, usable, Simd};
 use crate::cpu::{self, Level};
+use crate::gemv::WeightElem;
 
 /// Positions per key block (see the module docs).
 pub const KEY_BLOCK: usize = 16;
@@ -33,16 +35,23 @@ pub fn key_index(j: usize, i: usize, d: usize) -> usize {
 /// on this thread. `q, out: [d]`; `kb`: the keys in blocks (see the module docs), at least
 /// `⌈len/16⌉` blocks; `v: [≥ len, d]`; `scores` is scratch of at least [`scores_len`]`(len)`.
 /// With `len == 0` the output is zeros.
-pub fn attend(q: &[f32], kb: &[f32], v: &[f32], len: usize, scores: &mut [f32], out: &mut [f32]) {
+pub fn attend<W: WeightElem>(
+    q: &[f32],
+    kb: &[W],
+    v: &[W],
+    len: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     attend_with(cpu::level(), q, kb, v, len, scores, out)
 }
 
 /// [`attend`] at an explicit level (one this CPU lacks falls back to the best it has).
-pub fn attend_with(
+pub fn attend_with<W: WeightElem>(
     level: Level,
     q: &[f32],
-    kb: &[f32],
-    v: &[f32],
+    kb: &[W],
+    v: &[W],
     len: usize,
     scores: &mut [f32],
     out: &mut [f32],
@@ -57,10 +66,10 @@ pub fn attend_with(
 /// `m` the largest score of the part. An empty range gives `(−∞, 0)` and zeros. Parts over
 /// disjoint ranges combine with [`attend_merge`]. Lengths as for [`attend`] with `len =
 /// range.end`; `scores` holds at least [`scores_len`]`(range.len())`.
-pub fn attend_part(
+pub fn attend_part<W: WeightElem>(
     q: &[f32],
-    kb: &[f32],
-    v: &[f32],
+    kb: &[W],
+    v: &[W],
     range: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
@@ -69,11 +78,11 @@ pub fn attend_part(
 }
 
 /// [`attend_part`] at an explicit level (one this CPU lacks falls back to the best it has).
-pub fn attend_part_with(
+pub fn attend_part_with<W: WeightElem>(
     level: Level,
     q: &[f32],
-    kb: &[f32],
-    v: &[f32],
+    kb: &[W],
+    v: &[W],
     range: std::ops::Range<usize>,
     scores: &mut [f32],
     out: &mut [f32],
@@ -88,10 +97,10 @@ pub fn attend_part_with(
 /// d]`, `scores`: at least `nq ·` [`scores_len`]`(range.len())`, `stats: [nq]` receives each
 /// row's `(m, Σ e^(s − m))`.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_part_many(
+pub fn attend_part_many<W: WeightElem>(
     qs: &[f32],
-    kb: &[f32],
-    v: &[f32],
+    kb: &[W],
+    v: &[W],
     range: std::ops::Range<usize>,
     scores: &mut [f32],
     outs: &mut [f32],
@@ -102,11 +111,11 @@ pub fn attend_part_many(
 
 /// [`attend_part_many`] at an explicit level (one this CPU lacks falls back to the best it has).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_part_many_with(
+pub fn attend_part_many_with<W: WeightElem>(
     level: Level,
     qs: &[f32],
-    kb: &[f32],
-    v: &[f32],
+    kb: &[W],
+    v: &[W],
     range: std::ops::Range<usize>,
     scores: &mut [f32],
     outs: &mut [f32],
@@ -193,12 +202,12 @@ pub fn attend_merge(parts: &[(f32, f32)], outs: &[f32], out: &mut [f32]) {
 }
 
 /// Plain reference for [`attend`], in f64 rounded once.
-pub fn attend_ref(q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &mut [f32]) {
+pub fn attend_ref<W: WeightElem>(q: &[f32], kb: &[W], v: &[W], len: usize, out: &mut [f32]) {
     let d = check("attend_ref", q, kb, v, len, out);
     let s: Vec<f64> = (0..len)
         .map(|j| {
             (0..d)
-                .map(|i| q[i] as f64 * kb[key_index(j, i, d)] as f64)
+                .map(|i| q[i] as f64 * kb[key_index(j, i, d)].to_f32() as f64)
                 .sum()
         })
         .collect();
@@ -206,35 +215,41 @@ pub fn attend_ref(q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &mut [f32])
     let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
     let z: f64 = e.iter().sum();
     for (i, o) in out.iter_mut().enumerate() {
-        let acc: f64 = (0..len).map(|j| e[j] * v[j * d + i] as f64).sum();
+        let acc: f64 = (0..len).map(|j| e[j] * v[j * d + i].to_f32() as f64).sum();
         *o = if len == 0 { 0.0 } else { (acc / z) as f32 };
     }
 }
 
 /// Checks the lengths for positions `< len`; returns `d`.
-fn check(name: &str, q: &[f32], kb: &[f32], v: &[f32], len: usize, out: &[f32]) -> usize {
+fn check<W>(name: &str, q: &[f32], kb: &[W], v: &[W], len: usize, out: &[f32]) -> usize {
     let d = q.len();
     assert_eq!(out.len(), d, "{name}: out length");
     let blocks = len.div_ceil(KEY_BLOCK) * KEY_BLOCK * d;
     assert!(
         kb.len() >= blocks,
-        "{name}: kb holds {} < {blocks} floats",
+        "{name}: kb holds {} < {blocks} elements",
         kb.len()
     );
     assert!(
         v.len() >= len * d,
-        "{name}: v holds {} < {} floats",
+        "{name}: v holds {} < {} elements",
         v.len(),
         len * d
     );
     d
 }
 
-simd_entry!(fn attend_at => attend_body(
+/// [`attend_body`] compiled for `level`.
+///
+/// # Safety
+/// `level` is supported by this CPU; the body's contract holds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_at<W: WeightElem>(
+    level: Level,
     qs: *const f32,
     nq: usize,
-    kb: *const f32,
-    v: *const f32,
+    kb: *const W,
+    v: *const W,
     d: usize,
     j0: usize,
     j1: usize,
@@ -242,7 +257,55 @@ simd_entry!(fn attend_at => attend_body(
     sl: usize,
     outs: *mut f32,
     stats: *mut f32,
-));
+) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx512<W: WeightElem>(
+        qs: *const f32,
+        nq: usize,
+        kb: *const W,
+        v: *const W,
+        d: usize,
+        j0: usize,
+        j1: usize,
+        scores: *mut f32,
+        sl: usize,
+        outs: *mut f32,
+        stats: *mut f32,
+    ) {
+        attend_body::<super::simd::x86::Avx512, W>(
+            qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats,
+        )
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2<W: WeightElem>(
+        qs: *const f32,
+        nq: usize,
+        kb: *const W,
+        v: *const W,
+        d: usize,
+        j0: usize,
+        j1: usize,
+        scores: *mut f32,
+        sl: usize,
+        outs: *mut f32,
+        stats: *mut f32,
+    ) {
+        attend_body::<super::simd::x86::Avx2, W>(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats)
+    }
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => avx512(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => avx2(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats),
+        _ => attend_body::<super::simd::Portable, W>(
+            qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats,
+        ),
+    }
+}
 
 /// Positions `j0..j1` for `nq ≤ MAX_Q` query rows `qs: [nq, d]`: unnormalised outputs `outs:
 /// [nq, d]`, and row r's `(max, Σ exp)` into `stats[2r..2r + 2]`; row r's scores use
@@ -253,11 +316,12 @@ simd_entry!(fn attend_at => attend_body(
 /// `< j1`; `v` `j1` rows of `d`; `scores` `nq` rows of `sl ≥ j1 − j0 + 2·KEY_BLOCK`; `j0 < j1`;
 /// `1 ≤ nq ≤ MAX_Q`.
 #[inline(always)]
-unsafe fn attend_body<S: Simd>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_body<S: Simd, W: WeightElem>(
     qs: *const f32,
     nq: usize,
-    kb: *const f32,
-    v: *const f32,
+    kb: *const W,
+    v: *const W,
     d: usize,
     j0: usize,
     j1: usize,
@@ -284,7 +348,7 @@ unsafe fn attend_body<S: Simd>(
             for k in 0..nb {
                 let row = kb.add(((b + k) * d + i) * B);
                 for u in 0..per {
-                    kv[k * per + u] = S::load(row.add(u * l));
+                    kv[k * per + u] = load_elem_n::<S, W>(row.add(u * l), l, 0.0);
                 }
             }
             for (r, a) in acc.iter_mut().enumerate().take(nq) {
@@ -339,7 +403,7 @@ unsafe fn attend_body<S: Simd>(
             let row = v.add((j0 + j) * d + c);
             let mut vv = [S::splat(0.0); 4];
             for (k, x) in vv.iter_mut().enumerate().take(nv) {
-                *x = load_n::<S>(row.add(k * l), (cols - k * l).min(l), 0.0);
+                *x = load_elem_n::<S, W>(row.add(k * l), (cols - k * l).min(l), 0.0);
             }
             for (r, a) in acc.iter_mut().enumerate().take(nq) {
                 let p = S::splat(*scores.add(r * sl + j0 - b0 * B + j));
@@ -405,6 +469,81 @@ mod tests {
             for level in crate::cpu::available() {
                 case(level, d, len, len + extra, seed)?;
             }
+        }
+    }
+
+    /// [`case`] with keys and values stored as `W` (a half-precision KV cache): the reference
+    /// reads the same rounded values, so the tolerance is the f32 one.
+    fn case_half<W: WeightElem>(
+        level: Level,
+        d: usize,
+        len: usize,
+        cached: usize,
+        seed: u64,
+        from: impl Fn(f32) -> W,
+    ) -> Result<(), TestCaseError> {
+        let q = fill(d, seed, 1.0);
+        let kb: Vec<W> = fill(cached.div_ceil(KEY_BLOCK) * KEY_BLOCK * d, seed + 1, 1.0)
+            .into_iter()
+            .map(&from)
+            .collect();
+        let v: Vec<W> = fill(cached * d, seed + 2, 1.0)
+            .into_iter()
+            .map(&from)
+            .collect();
+        let mut scores = vec![f32::NAN; scores_len(len)];
+        let mut out = vec![f32::NAN; d];
+        let mut want = vec![0f32; d];
+        attend_with(level, &q, &kb, &v, len, &mut scores, &mut out);
+        attend_ref(&q, &kb, &v, len, &mut want);
+        assert_close(
+            &out,
+            &want,
+            3e-5,
+            1e-4,
+            &format!("{level:?} {:?} d={d} len={len}", W::KIND),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// bf16 and f16 keys and values at every level against the f64 reference on the same
+        /// values, over the same shapes (the value tails of `d % lanes ≠ 0` take the partial
+        /// half loads).
+        #[test]
+        fn half_kv_matches_ref(
+            d in prop::sample::select(vec![1usize, 7, 15, 16, 17, 31, 64, 65, 80, 128]),
+            len in prop::sample::select(vec![1usize, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 641]),
+            extra in 0usize..40,
+            seed in 0u64..1000,
+        ) {
+            for level in crate::cpu::available() {
+                case_half(level, d, len, len + extra, seed, half::bf16::from_f32)?;
+                case_half(level, d, len, len + extra, seed, half::f16::from_f32)?;
+            }
+        }
+    }
+
+    #[test]
+    fn half_kv_widens_exactly() {
+        // Values exactly representable in both half formats: the kernel must see them unchanged.
+        let q = [0.5f32, -1.0, 2.0];
+        let keys: Vec<f32> = (0..3 * KEY_BLOCK)
+            .map(|i| (i % 7) as f32 * 0.25 - 0.75)
+            .collect();
+        let vals: Vec<f32> = (0..9).map(|i| i as f32 - 4.0).collect();
+        let mut want = [0f32; 3];
+        attend(&q, &keys, &vals, 3, &mut [0.0; 35], &mut want);
+        for level in crate::cpu::available() {
+            let kb: Vec<half::bf16> = keys.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let v: Vec<half::bf16> = vals.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let mut out = [0f32; 3];
+            attend_with(level, &q, &kb, &v, 3, &mut [0.0; 35], &mut out);
+            assert_eq!(out, want, "{level:?} bf16");
+            let kb: Vec<half::f16> = keys.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let v: Vec<half::f16> = vals.iter().map(|&x| half::f16::from_f32(x)).collect();
+            attend_with(level, &q, &kb, &v, 3, &mut [0.0; 35], &mut out);
+            assert_eq!(out, want, "{level:?} f16");
         }
     }
 
@@ -474,7 +613,7 @@ mod tests {
     #[test]
     fn no_positions_gives_zeros() {
         let mut out = [1f32; 4];
-        attend(&[1.0; 4], &[], &[], 0, &mut [0.0; 32], &mut out);
+        attend::<f32>(&[1.0; 4], &[], &[], 0, &mut [0.0; 32], &mut out);
         assert_eq!(out, [0.0; 4]);
     }
 

@@ -6,6 +6,7 @@
 //! reduction `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, then `e^r ≈ 1 + r + r²·P(r)` with a degree-5
 //! minimax `P`, and `e^x = 2^n · e^r` scaled in one rounding (so subnormal results are right too).
 
+use crate::gemv::{WeightElem, WeightKind};
 use rayon::prelude::*;
 
 /// Kernels that evaluate `exp` per element (≈ 0.25 ns each at AVX-512) go parallel above this
@@ -46,6 +47,10 @@ pub(crate) trait Simd {
     const LANES: usize;
     unsafe fn splat(x: f32) -> Self::V;
     unsafe fn load(p: *const f32) -> Self::V;
+    /// Loads `LANES` bfloat16 values (their bits) widened to f32.
+    unsafe fn load_bf16(p: *const u16) -> Self::V;
+    /// Loads `LANES` IEEE half values (their bits) widened to f32.
+    unsafe fn load_f16(p: *const u16) -> Self::V;
     unsafe fn store(p: *mut f32, v: Self::V);
     /// Loads `valid < LANES` elements; the other lanes hold `fill`.
     unsafe fn load_part(p: *const f32, valid: usize, fill: f32) -> Self::V;
@@ -83,6 +88,27 @@ pub(crate) unsafe fn load_n<S: Simd>(p: *const f32, valid: usize, fill: f32) -> 
         S::load(p)
     } else {
         S::load_part(p, valid, fill)
+    }
+}
+
+/// Loads `valid ≤ LANES` elements of type `W` widened to f32; the other lanes hold `fill`.
+#[inline(always)]
+pub(crate) unsafe fn load_elem_n<S: Simd, W: WeightElem>(
+    p: *const W,
+    valid: usize,
+    fill: f32,
+) -> S::V {
+    match W::KIND {
+        WeightKind::F32 => load_n::<S>(p.cast(), valid, fill),
+        _ if valid < S::LANES => {
+            let mut a = [fill; 16];
+            for (i, e) in a.iter_mut().enumerate().take(valid) {
+                *e = (*p.add(i)).to_f32();
+            }
+            S::load(a.as_ptr())
+        }
+        WeightKind::BF16 => S::load_bf16(p.cast()),
+        WeightKind::F16 => S::load_f16(p.cast()),
     }
 }
 
@@ -178,6 +204,16 @@ mod portable {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> f32x8 {
             f32x8::from(p.cast::<[f32; 8]>().read_unaligned())
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> f32x8 {
+            let b = p.cast::<[u16; 8]>().read_unaligned();
+            f32x8::from(b.map(|h| f32::from_bits((h as u32) << 16)))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> f32x8 {
+            let b = p.cast::<[u16; 8]>().read_unaligned();
+            f32x8::from(b.map(|h| half::f16::from_bits(h).to_f32()))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: f32x8) {
@@ -286,6 +322,15 @@ pub(crate) mod x86 {
             _mm512_loadu_ps(p)
         }
         #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> __m512 {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+        #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512) {
             _mm512_storeu_ps(p, v)
         }
@@ -389,6 +434,15 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> __m256 {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
