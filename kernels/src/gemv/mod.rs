@@ -273,6 +273,7 @@ pub(crate) trait Simd {
     const LANES: usize;
     unsafe fn zero() -> Self::V;
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     /// Loads `valid ≤ LANES` elements, zero-filling the rest.
     unsafe fn load_f32(p: *const f32, valid: usize) -> Self::V;
@@ -393,45 +394,35 @@ unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
     }
 }
 
-/// `y[r] = x · w[r]` for `R` weight rows (row stride `k`): the M = 1 (decode) case with its `R`
-/// accumulators in registers. (The general block keeps a `[4][4][R]` accumulator array whose
-/// zeroing alone wrote as many bytes as a bf16 block of 8 rows reads.)
+/// `x · w` for one weight row of `k` elements: the M = 1 (decode) case. The row is read front to
+/// back, so each thread's rows form one sequential stream for the hardware prefetchers (x stays
+/// in L1), with four accumulators to hide the FMA latency. (Blocks of 8 rows, read as 8
+/// interleaved streams with a software prefetch sweep of the next block, measured slower in
+/// decode on Zen 5, time-matched against the read probe: the model's GEMVs ran at 0.80-0.86 of
+/// the probe against 0.94-1.03 this way.)
 #[inline(always)]
-unsafe fn gemv_block<S: Simd, W: WeightElem, const R: usize>(
-    k: usize,
-    x: *const f32,
-    w: *const W,
-    y: *mut f32,
-) {
-    let mut a = [S::zero(); R];
-    let lines = (R * std::mem::size_of::<W>() * S::LANES).div_ceil(64);
-    let pf = w.add(R * k).cast::<u8>();
+unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W) -> f32 {
+    let l = S::LANES;
+    let mut a = [S::zero(); 4];
     let mut kk = 0;
-    while kk + S::LANES <= k {
-        let base = pf.add((kk / S::LANES) * lines * 64);
-        for j in 0..lines {
-            S::prefetch(base.add(j * 64));
+    while kk + 4 * l <= k {
+        for (u, au) in a.iter_mut().enumerate() {
+            let o = kk + u * l;
+            *au = S::fma(load_w::<S, W>(w.add(o), l), S::load_f32(x.add(o), l), *au);
         }
-        let xv = S::load_f32(x.add(kk), S::LANES);
-        for (r, ar) in a.iter_mut().enumerate() {
-            *ar = S::fma(load_w::<S, W>(w.add(r * k + kk), S::LANES), xv, *ar);
-        }
-        kk += S::LANES;
+        kk += 4 * l;
     }
-    if kk < k {
-        let valid = k - kk;
+    while kk < k {
+        let valid = (k - kk).min(l);
         let xv = S::load_f32(x.add(kk), valid);
-        for (r, ar) in a.iter_mut().enumerate() {
-            *ar = S::fma(load_w::<S, W>(w.add(r * k + kk), valid), xv, *ar);
-        }
+        a[0] = S::fma(load_w::<S, W>(w.add(kk), valid), xv, a[0]);
+        kk += valid;
     }
-    for (r, &v) in a.iter().enumerate() {
-        *y.add(r) = S::hsum(v);
-    }
+    S::hsum(S::add(S::add(a[0], a[1]), S::add(a[2], a[3])))
 }
 
-/// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: blocks of 8 weight rows for GEMV
-/// (M = 1, pure streaming), 6 weight rows × groups of 4 x rows otherwise.
+/// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: one row at a time for GEMV (M = 1,
+/// pure streaming), 6 weight rows × groups of 4 x rows otherwise.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows<S: Simd, W: WeightElem>(
@@ -446,21 +437,8 @@ unsafe fn rows<S: Simd, W: WeightElem>(
     n1: usize,
 ) {
     if m == 1 {
-        let mut j = n0;
-        while j < n1 {
-            let (wj, yj) = (w.add(j * k), y.add(j));
-            let r = (n1 - j).min(8);
-            match r {
-                8 => gemv_block::<S, W, 8>(k, x, wj, yj),
-                7 => gemv_block::<S, W, 7>(k, x, wj, yj),
-                6 => gemv_block::<S, W, 6>(k, x, wj, yj),
-                5 => gemv_block::<S, W, 5>(k, x, wj, yj),
-                4 => gemv_block::<S, W, 4>(k, x, wj, yj),
-                3 => gemv_block::<S, W, 3>(k, x, wj, yj),
-                2 => gemv_block::<S, W, 2>(k, x, wj, yj),
-                _ => gemv_block::<S, W, 1>(k, x, wj, yj),
-            }
-            j += r;
+        for j in n0..n1 {
+            *y.add(j) = gemv_row::<S, W>(k, x, w.add(j * k));
         }
         return;
     }

@@ -17,6 +17,10 @@ impl Simd for Portable {
         a.mul_add(b, c)
     }
     #[inline(always)]
+    unsafe fn add(a: f32x8, b: f32x8) -> f32x8 {
+        a + b
+    }
+    #[inline(always)]
     unsafe fn hsum(v: f32x8) -> f32 {
         v.reduce_add()
     }

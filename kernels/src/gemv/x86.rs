@@ -20,6 +20,10 @@ impl Simd for Avx512 {
         _mm512_fmadd_ps(a, b, c)
     }
     #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
     unsafe fn hsum(v: __m512) -> f32 {
         _mm512_reduce_add_ps(v)
     }
@@ -66,6 +70,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
         _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
     }
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
