@@ -331,7 +331,8 @@ pub struct ModelBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// Skip probing the machine's FMA peak and read bandwidth after the run.
+    /// Skip probing the machine's FMA peak and read bandwidth after the run, and the second,
+    /// time-matched decode pass.
     #[arg(long)]
     pub no_limits: bool,
 }
@@ -339,6 +340,42 @@ pub struct ModelBenchArgs {
 /// Bytes the bandwidth probe of `bench --model` reads: far larger than any cache, small next to
 /// the model.
 const LIMITS_READ_BYTES: usize = 256 << 20;
+
+/// Bytes of the read probe run after each step of the time-matched decode pass: twice a 32 MiB
+/// last-level cache, and about 2 ms per probe.
+const MATCHED_PROBE_BYTES: usize = 64 << 20;
+
+/// A second decode pass (a fresh cache, the same prefill) with a read probe after every step:
+/// `(tokens/s, GB/s of the probes)`. The host's bandwidth moves within seconds, so this compares
+/// a decode speed with the bandwidth of the same seconds: the tool for A/B comparisons of decode
+/// code on a shared host. Each probe reads its array once, cold after a decode step as the
+/// weights are, and such single cold passes read about 5-10 % below the back-to-back repetitions
+/// of the after-run probe (measured on the 2-vCPU Zen 5 VM); the headline fraction
+/// (`decode_fraction_of_bandwidth_bound`) stays the after-run one.
+fn time_matched_decode(
+    model: &Llama,
+    ids: &[u32],
+    steps: usize,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let probe = limits::ReadProbe::new(MATCHED_PROBE_BYTES);
+    let mut cache = model.new_cache(ids.len() + steps)?;
+    let mut logits = model.forward_last(ids, &mut cache)?;
+    let mut greedy = Sampler::new(SamplingParams::greedy());
+    let (mut step_secs, mut probe_secs, mut probe_bytes) = (0f64, 0f64, 0usize);
+    for _ in 0..steps {
+        let t = Instant::now();
+        let next = greedy.sample(&logits)?;
+        logits = model.forward_last(&[next], &mut cache)?;
+        step_secs += t.elapsed().as_secs_f64();
+        let (b, s) = probe.run();
+        probe_bytes += b;
+        probe_secs += s;
+    }
+    Ok((
+        steps as f64 / step_secs,
+        probe_bytes as f64 / probe_secs / 1e9,
+    ))
+}
 
 pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     let (model, _, load_secs) = args.model.load()?;
@@ -378,6 +415,12 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     // The machine's read bandwidth and FMA peak, probed now (after the peak RSS was read, so the
     // probe's array does not count): shared hosts vary from minute to minute, so the fractions
     // are quoted against limits measured in the same run.
+    let matched = if args.no_limits || args.decode == 0 {
+        None
+    } else {
+        Some(time_matched_decode(&model, &ids, args.decode)?)
+    };
+    let matched_frac = matched.map(|(tps, gbps)| per_token as f64 * tps / 1e9 / gbps);
     let lim = (!args.no_limits)
         .then(|| limits::measure_with(rayon::current_num_threads(), LIMITS_READ_BYTES));
     let decode_gbps = per_token as f64 * decode_tps / 1e9;
@@ -403,6 +446,9 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             "fma_gflop_per_s": lim.map(|l| l.fma_gflops),
             "decode_fraction_of_bandwidth_bound": lim.map(|l| decode_gbps / l.read_gbps),
             "prefill_fraction_of_fma_peak": lim.map(|l| prefill_gflops / l.fma_gflops),
+            "matched_decode_tokens_per_s": matched.map(|m| m.0),
+            "matched_read_gb_per_s": matched.map(|m| m.1),
+            "decode_fraction_of_matched_bound": matched_frac,
             "load_secs": load_secs,
         });
         writeln!(out, "{v}")?;
@@ -427,6 +473,14 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             decode_gbps,
             frac(decode_gbps, lim.map(|l| l.read_gbps), "read bandwidth")
         )?;
+        if let (Some((tps, gbps)), Some(f)) = (matched, matched_frac) {
+            writeln!(
+                out,
+                "decode  {tps:>8.1} tokens/s in a second pass with a read probe after each step: \
+                 {:.0}% of the read bandwidth of the same seconds ({gbps:.1} GB/s)",
+                100.0 * f
+            )?;
+        }
         let mib = |b: usize| b as f64 / 1048576.0;
         let rss_text = rss
             .map(|b| {

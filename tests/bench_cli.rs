@@ -1,5 +1,6 @@
 //! `shears bench kernels` run as a script would: every stdout line of `--json` is one object with
-//! the documented fields and positive numbers; the table form and bad arguments behave.
+//! the documented fields and positive numbers; the table form and bad arguments behave. `shears
+//! bench --model` (on the fetched SmolLM2) reports its KV cache and the time-matched pass.
 
 use std::process::{Command, Output};
 
@@ -153,5 +154,65 @@ fn bench_sparse_json_has_the_issue_fields() {
     assert_eq!(
         formats.into_iter().collect::<Vec<_>>(),
         ["bitmask", "csr", "nm"]
+    );
+}
+
+/// The fetched SmolLM2, or `None` (the test skips) when `shears fetch` has not run.
+fn smollm2() -> Option<String> {
+    let dir = std::env::var_os("SHEARS_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
+    let m = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if m.exists() {
+        Some(m.to_str().unwrap().to_string())
+    } else {
+        eprintln!("skipping: the default model is missing (run `shears fetch`)");
+        None
+    }
+}
+
+#[test]
+fn bench_model_json_reports_the_kv_cache_and_the_time_matched_pass() {
+    let Some(m) = smollm2() else { return };
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "bench",
+            "--model",
+            &m,
+            "--prefill",
+            "16",
+            "--decode",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = shears(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("one JSON object")
+    };
+    let f32 = run(&[]);
+    assert_eq!(f32["kv_dtype"], "f32", "{f32}");
+    for key in [
+        "decode_tokens_per_s",
+        "matched_decode_tokens_per_s",
+        "matched_read_gb_per_s",
+        "decode_fraction_of_matched_bound",
+        "kv_cache_bytes",
+    ] {
+        positive(&f32, key, &f32.to_string());
+    }
+    // bf16 weights get a bf16 cache; an explicit --kv-dtype wins; --no-limits skips the
+    // second pass.
+    let bf16 = run(&["--dtype", "bf16", "--no-limits"]);
+    assert_eq!(bf16["kv_dtype"], "bf16", "{bf16}");
+    assert!(bf16["matched_decode_tokens_per_s"].is_null(), "{bf16}");
+    let f16 = run(&["--kv-dtype", "f16", "--no-limits"]);
+    assert_eq!(
+        (&f16["dtype"], &f16["kv_dtype"]),
+        (&"f32".into(), &"f16".into())
+    );
+    assert_eq!(
+        2 * f16["kv_cache_bytes"].as_u64().unwrap(),
+        f32["kv_cache_bytes"].as_u64().unwrap()
     );
 }

@@ -195,6 +195,56 @@ fn read_bandwidth(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
     (n * 4) as f64 / times[READ_REPS / 2] / 1e9
 }
 
+/// A read-bandwidth probe to run between steps of other work, so a speed can be compared with
+/// the bandwidth of the same moments (shared hosts vary within seconds): one array, filled once,
+/// that each [`run`](ReadProbe::run) sums once on the threads of the current rayon pool, as
+/// [`measure`]'s probe does.
+///
+/// ```
+/// use shears_kernels::limits::ReadProbe;
+/// let probe = ReadProbe::new(1 << 20);
+/// let (bytes, secs) = probe.run();
+/// assert!(bytes == 1 << 20 && secs > 0.0);
+/// ```
+pub struct ReadProbe {
+    data: Vec<f32>,
+    per: usize,
+    level: Level,
+}
+
+impl ReadProbe {
+    /// An array of `bytes` bytes (whole f32s, at least one per thread of the current pool),
+    /// touched from the threads that will read it. Use more than the last-level cache.
+    pub fn new(bytes: usize) -> ReadProbe {
+        let threads = rayon::current_num_threads().max(1);
+        let n = (bytes / 4).max(threads);
+        let per = n.div_ceil(threads);
+        let mut data = vec![0f32; n];
+        {
+            use rayon::prelude::*;
+            data.par_chunks_mut(per).for_each(|c| c.fill(1.0));
+        }
+        ReadProbe {
+            data,
+            per,
+            level: cpu::level(),
+        }
+    }
+
+    /// Sums the array once, split over the current pool's threads: `(bytes read, seconds)`.
+    pub fn run(&self) -> (usize, f64) {
+        let (data, per, level) = (&self.data[..], self.per, self.level);
+        let t = Instant::now();
+        let sums = rayon::broadcast(|ctx| {
+            let i0 = (ctx.index() * per).min(data.len());
+            sum(level, &data[i0..(i0 + per).min(data.len())])
+        });
+        let dt = t.elapsed().as_secs_f64();
+        black_box(sums);
+        (data.len() * 4, dt)
+    }
+}
+
 /// Bytes of memory free for new allocations (Linux's `MemAvailable`); `None` elsewhere.
 fn available_memory() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
