@@ -171,12 +171,22 @@ impl KvBuf {
             KvBuf::F16(b) => Cow::Owned(b[range].iter().map(|e| e.to_f32()).collect()),
         }
     }
-    /// Element `i` widened to f32.
-    fn get(&self, i: usize) -> f32 {
+    /// The keys of positions `0..l` of the group whose blocked keys start at `base`, as one
+    /// `[hd, l]` f32 matrix.
+    fn key_matrix(&self, base: usize, hd: usize, l: usize) -> Vec<f32> {
+        fn go<W: WeightElem>(kg: &[W], hd: usize, l: usize) -> Vec<f32> {
+            let mut kt = vec![0f32; hd * l];
+            for (i, row) in kt.chunks_mut(l.max(1)).enumerate() {
+                for (j, e) in row.iter_mut().enumerate() {
+                    *e = kg[fused::key_index(j, i, hd)].to_f32();
+                }
+            }
+            kt
+        }
         match self {
-            KvBuf::F32(b) => b[i],
-            KvBuf::Bf16(b) => b[i].to_f32(),
-            KvBuf::F16(b) => b[i].to_f32(),
+            KvBuf::F32(b) => go(&b[base..], hd, l),
+            KvBuf::Bf16(b) => go(&b[base..], hd, l),
+            KvBuf::F16(b) => go(&b[base..], hd, l),
         }
     }
 }
@@ -338,17 +348,7 @@ impl Attention {
         }
         // Each group's keys as one `[hd, l]` f32 matrix for the score GEMMs, and its values
         // `[l, hd]`.
-        let kts: Vec<Vec<f32>> = (0..kvh)
-            .map(|g| {
-                let mut kt = vec![0f32; hd * l];
-                for (i, row) in kt.chunks_mut(l).enumerate() {
-                    for (j, e) in row.iter_mut().enumerate() {
-                        *e = kc.get(g * gsz + fused::key_index(j, i, hd));
-                    }
-                }
-                kt
-            })
-            .collect();
+        let kts: Vec<Vec<f32>> = (0..kvh).map(|g| kc.key_matrix(g * gsz, hd, l)).collect();
         let vs: Vec<Cow<[f32]>> = (0..kvh)
             .map(|g| vc.f32_range(g * cap * hd..(g * cap + l) * hd))
             .collect();
