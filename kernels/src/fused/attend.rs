@@ -13,7 +13,7 @@
 //! [`attend_part`] covers a range of positions and [`attend_merge`] combines ranges, so a long
 //! cache splits over threads (flash-decoding).
 
-use super::simd::{exp, load_elem_n, load_n, store_n, usable, Simd};
+use super::simd::{exp, load_elem_n, load_n, simd_entry, store_n, usable, Simd};
 use crate::cpu::{self, Level};
 use crate::gemv::WeightElem;
 
@@ -239,13 +239,7 @@ fn check<W>(name: &str, q: &[f32], kb: &[W], v: &[W], len: usize, out: &[f32]) -
     d
 }
 
-/// [`attend_body`] compiled for `level`.
-///
-/// # Safety
-/// `level` is supported by this CPU; the body's contract holds.
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_at<W: WeightElem>(
-    level: Level,
+simd_entry!(fn attend_at<W: WeightElem> => attend_body(
     qs: *const f32,
     nq: usize,
     kb: *const W,
@@ -257,55 +251,7 @@ unsafe fn attend_at<W: WeightElem>(
     sl: usize,
     outs: *mut f32,
     stats: *mut f32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx512<W: WeightElem>(
-        qs: *const f32,
-        nq: usize,
-        kb: *const W,
-        v: *const W,
-        d: usize,
-        j0: usize,
-        j1: usize,
-        scores: *mut f32,
-        sl: usize,
-        outs: *mut f32,
-        stats: *mut f32,
-    ) {
-        attend_body::<super::simd::x86::Avx512, W>(
-            qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats,
-        )
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn avx2<W: WeightElem>(
-        qs: *const f32,
-        nq: usize,
-        kb: *const W,
-        v: *const W,
-        d: usize,
-        j0: usize,
-        j1: usize,
-        scores: *mut f32,
-        sl: usize,
-        outs: *mut f32,
-        stats: *mut f32,
-    ) {
-        attend_body::<super::simd::x86::Avx2, W>(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats)
-    }
-    match level {
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx512 => avx512(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats),
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => avx2(qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats),
-        _ => attend_body::<super::simd::Portable, W>(
-            qs, nq, kb, v, d, j0, j1, scores, sl, outs, stats,
-        ),
-    }
-}
+));
 
 /// Positions `j0..j1` for `nq ≤ MAX_Q` query rows `qs: [nq, d]`: unnormalised outputs `outs:
 /// [nq, d]`, and row r's `(max, Σ exp)` into `stats[2r..2r + 2]`; row r's scores use
@@ -316,7 +262,6 @@ unsafe fn attend_at<W: WeightElem>(
 /// `< j1`; `v` `j1` rows of `d`; `scores` `nq` rows of `sl ≥ j1 − j0 + 2·KEY_BLOCK`; `j0 < j1`;
 /// `1 ≤ nq ≤ MAX_Q`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_body<S: Simd, W: WeightElem>(
     qs: *const f32,
     nq: usize,

@@ -148,29 +148,31 @@ pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
 
 /// Defines `unsafe fn $name(level, args…)` that runs `$body::<S>(args…)` compiled for `level`'s
 /// target features, so the generic body and every `Simd` method inline into one function built
-/// with the right instructions. Levels this target lacks run the portable body.
+/// with the right instructions. Levels this target lacks run the portable body. An optional
+/// generic parameter (`fn name<W: Bound> => body(...)`) is passed on as the body's second one
+/// (`$body::<S, W>`), e.g. the element type of a KV cache.
 macro_rules! simd_entry {
-    ($(#[$m:meta])* $vis:vis fn $name:ident => $body:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $(<$g:ident: $bound:path>)? => $body:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
         $(#[$m])*
         /// # Safety
         /// `level` must be supported by this CPU; the body's own contract holds.
-        $vis unsafe fn $name(level: $crate::cpu::Level, $($arg: $ty),*) {
+        $vis unsafe fn $name $(<$g: $bound>)? (level: $crate::cpu::Level, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-            unsafe fn avx512($($arg: $ty),*) {
-                $body::<$crate::fused::simd::x86::Avx512>($($arg),*)
+            unsafe fn avx512 $(<$g: $bound>)? ($($arg: $ty),*) {
+                $body::<$crate::fused::simd::x86::Avx512 $(, $g)?>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
-            unsafe fn avx2($($arg: $ty),*) {
-                $body::<$crate::fused::simd::x86::Avx2>($($arg),*)
+            unsafe fn avx2 $(<$g: $bound>)? ($($arg: $ty),*) {
+                $body::<$crate::fused::simd::x86::Avx2 $(, $g)?>($($arg),*)
             }
             match level {
                 #[cfg(target_arch = "x86_64")]
                 $crate::cpu::Level::Avx512 => avx512($($arg),*),
                 #[cfg(target_arch = "x86_64")]
                 $crate::cpu::Level::Avx2 => avx2($($arg),*),
-                _ => $body::<$crate::fused::simd::Portable>($($arg),*),
+                _ => $body::<$crate::fused::simd::Portable $(, $g)?>($($arg),*),
             }
         }
     };
