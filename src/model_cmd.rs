@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shears::kernels::limits;
 use shears::models::eval;
 use shears::models::generate::{self, GenerateOptions, Sampler, SamplingParams, StopReason};
-use shears::models::llama::Llama;
+use shears::models::llama::{KvCache, Llama};
 use shears::models::load::{self, LoadOptions};
 use shears::models::tokenizer::Tokenizer;
 use shears::tensor::DType;
@@ -61,6 +61,18 @@ pub enum KvDTypeArg {
     F16,
 }
 
+impl KvDTypeArg {
+    /// `None` for `auto` (the model's default, its weights' dtype).
+    fn dtype(self) -> Option<DType> {
+        match self {
+            KvDTypeArg::Auto => None,
+            KvDTypeArg::F32 => Some(DTypeArg::F32.dtype()),
+            KvDTypeArg::Bf16 => Some(DTypeArg::Bf16.dtype()),
+            KvDTypeArg::F16 => Some(DTypeArg::F16.dtype()),
+        }
+    }
+}
+
 impl ModelArgs {
     fn path(&self) -> Result<PathBuf, Box<dyn std::error::Error>> {
         if let Some(p) = &self.model {
@@ -84,11 +96,8 @@ impl ModelArgs {
                 dtype: self.dtype.dtype(),
             },
         )?;
-        match self.kv_dtype {
-            KvDTypeArg::Auto => {}
-            KvDTypeArg::F32 => model.kv_dtype = DType::F32,
-            KvDTypeArg::Bf16 => model.kv_dtype = DType::BF16,
-            KvDTypeArg::F16 => model.kv_dtype = DType::F16,
+        if let Some(d) = self.kv_dtype.dtype() {
+            model.kv_dtype = d;
         }
         Ok((model, tok, t0.elapsed().as_secs_f64()))
     }
@@ -359,18 +368,13 @@ fn time_matched_decode(
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let probe = limits::ReadProbe::new(MATCHED_PROBE_BYTES);
     let mut cache = model.new_cache(ids.len() + steps)?;
-    let mut logits = model.forward_last(ids, &mut cache)?;
-    let mut greedy = Sampler::new(SamplingParams::greedy());
-    let (mut step_secs, mut probe_secs, mut probe_bytes) = (0f64, 0f64, 0usize);
-    for _ in 0..steps {
-        let t = Instant::now();
-        let next = greedy.sample(&logits)?;
-        logits = model.forward_last(&[next], &mut cache)?;
-        step_secs += t.elapsed().as_secs_f64();
+    let logits = model.forward_last(ids, &mut cache)?;
+    let (mut probe_secs, mut probe_bytes) = (0f64, 0usize);
+    let step_secs = greedy_decode(model, &mut cache, logits, steps, || {
         let (b, s) = probe.run();
         probe_bytes += b;
         probe_secs += s;
-    }
+    })?;
     Ok((
         steps as f64 / step_secs,
         probe_bytes as f64 / probe_secs / 1e9,
@@ -396,15 +400,9 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
     model.forward_last(&ids[..8.min(ids.len())], &mut cache)?;
     cache.clear();
     let t0 = Instant::now();
-    let mut logits = model.forward_last(&ids, &mut cache)?;
+    let logits = model.forward_last(&ids, &mut cache)?;
     let prefill_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let mut greedy = Sampler::new(SamplingParams::greedy());
-    for _ in 0..args.decode {
-        let next = greedy.sample(&logits)?;
-        logits = model.forward_last(&[next], &mut cache)?;
-    }
-    let decode_secs = t1.elapsed().as_secs_f64();
+    let decode_secs = greedy_decode(&model, &mut cache, logits, args.decode, || {})?;
     let prefill_tps = args.prefill as f64 / prefill_secs;
     let decode_tps = args.decode as f64 / decode_secs;
     let per_token = model.weight_bytes_per_token();
@@ -539,14 +537,30 @@ pub fn decode_tokens_per_s(
     let mut cache = model.new_cache(p.len() + tokens)?;
     model.forward_last(&p[..p.len().min(8)], &mut cache)?;
     cache.clear();
-    let mut logits = model.forward_last(p, &mut cache)?;
+    let logits = model.forward_last(p, &mut cache)?;
+    Ok(tokens as f64 / greedy_decode(model, &mut cache, logits, tokens, || {})?)
+}
+
+/// `steps` greedy decode steps through `cache`, starting from `logits` (those of the last cached
+/// position), with `between` called after each step outside the timing: the seconds the steps
+/// took.
+fn greedy_decode(
+    model: &Llama,
+    cache: &mut KvCache,
+    mut logits: Vec<f32>,
+    steps: usize,
+    mut between: impl FnMut(),
+) -> Result<f64, Box<dyn std::error::Error>> {
     let mut greedy = Sampler::new(SamplingParams::greedy());
-    let t = Instant::now();
-    for _ in 0..tokens {
+    let mut secs = 0f64;
+    for _ in 0..steps {
+        let t = Instant::now();
         let next = greedy.sample(&logits)?;
-        logits = model.forward_last(&[next], &mut cache)?;
+        logits = model.forward_last(&[next], cache)?;
+        secs += t.elapsed().as_secs_f64();
+        between();
     }
-    Ok(tokens as f64 / t.elapsed().as_secs_f64())
+    Ok(secs)
 }
 
 /// The process's peak resident set size (Linux `VmHWM`), if it can be read.

@@ -167,32 +167,13 @@ fn sum(level: Level, data: &[f32]) -> f32 {
 }
 
 fn read_bandwidth(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
-    let threads = pool.current_num_threads();
-    let n = (bytes / 4).max(threads);
-    let per = n.div_ceil(threads);
-    // Zeroed pages are mapped lazily; filling them from the pool touches each page first from a
-    // thread that will read it.
-    let mut data = vec![0f32; n];
     pool.install(|| {
-        use rayon::prelude::*;
-        data.par_chunks_mut(per).for_each(|c| c.fill(1.0));
-    });
-    let level = cpu::level();
-    let data = &data[..];
-    let run = || {
-        let t = Instant::now();
-        let sums = pool.broadcast(|ctx| {
-            let i0 = (ctx.index() * per).min(n);
-            sum(level, &data[i0..(i0 + per).min(n)])
-        });
-        let dt = t.elapsed().as_secs_f64();
-        black_box(sums);
-        dt
-    };
-    run(); // warm-up
-    let mut times: Vec<f64> = (0..READ_REPS).map(|_| run()).collect();
-    times.sort_by(f64::total_cmp);
-    (n * 4) as f64 / times[READ_REPS / 2] / 1e9
+        let probe = ReadProbe::new(bytes);
+        probe.run(); // warm-up
+        let mut times: Vec<f64> = (0..READ_REPS).map(|_| probe.run().1).collect();
+        times.sort_by(f64::total_cmp);
+        (probe.data.len() * 4) as f64 / times[READ_REPS / 2] / 1e9
+    })
 }
 
 /// A read-bandwidth probe to run between steps of other work, so a speed can be compared with
@@ -214,7 +195,8 @@ pub struct ReadProbe {
 
 impl ReadProbe {
     /// An array of `bytes` bytes (whole f32s, at least one per thread of the current pool),
-    /// touched from the threads that will read it. Use more than the last-level cache.
+    /// touched from the threads that will read it (zeroed pages are mapped lazily, so each page
+    /// is first touched by its reader). Use more than the last-level cache.
     pub fn new(bytes: usize) -> ReadProbe {
         let threads = rayon::current_num_threads().max(1);
         let n = (bytes / 4).max(threads);
