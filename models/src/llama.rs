@@ -195,14 +195,19 @@ impl KvCache {
     /// An empty f32 cache for up to `capacity` positions ([`Llama::new_cache`] makes one in the
     /// model's [`kv_dtype`](Llama::kv_dtype)).
     pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
-        Self::build(config, capacity, DType::F32)
+        Self::build(config, config.num_hidden_layers, capacity, DType::F32)
     }
 
     /// An empty cache for up to `capacity` positions storing keys and values as `dtype` (f32,
     /// bf16 or f16; any other dtype is an error).
     pub fn with_dtype(config: &LlamaConfig, capacity: usize, dtype: DType) -> Result<KvCache> {
         match dtype {
-            DType::F32 | DType::BF16 | DType::F16 => Ok(Self::build(config, capacity, dtype)),
+            DType::F32 | DType::BF16 | DType::F16 => Ok(Self::build(
+                config,
+                config.num_hidden_layers,
+                capacity,
+                dtype,
+            )),
             dtype => Err(Error::UnsupportedDType {
                 op: "KvCache",
                 dtype,
@@ -211,14 +216,13 @@ impl KvCache {
         }
     }
 
-    fn build(config: &LlamaConfig, capacity: usize, dtype: DType) -> KvCache {
+    /// A cache of `layers` layers (the model's, or one for a single layer's calibration pass).
+    fn build(config: &LlamaConfig, layers: usize, capacity: usize, dtype: DType) -> KvCache {
         let per_layer = config.num_key_value_heads * capacity * config.head_dim;
         let keys = config.num_key_value_heads * key_group_len(capacity, config.head_dim);
         KvCache {
-            kt: (0..config.num_hidden_layers)
-                .map(|_| KvBuf::zeros(dtype, keys))
-                .collect(),
-            v: (0..config.num_hidden_layers)
+            kt: (0..layers).map(|_| KvBuf::zeros(dtype, keys)).collect(),
+            v: (0..layers)
                 .map(|_| KvBuf::zeros(dtype, per_layer))
                 .collect(),
             len: 0,
@@ -521,21 +525,7 @@ impl DecoderLayer {
         xn: &[f32],
         t: usize,
     ) -> Vec<f32> {
-        let mut cache = KvCache {
-            kt: vec![KvBuf::F32(vec![
-                0.0;
-                c.num_key_value_heads
-                    * key_group_len(t, c.head_dim)
-            ])],
-            v: vec![KvBuf::F32(vec![
-                0.0;
-                c.num_key_value_heads * t * c.head_dim
-            ])],
-            len: 0,
-            capacity: t,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        };
+        let mut cache = KvCache::build(c, 1, t, DType::F32);
         in_pool(|| self.self_attn.context(c, rotary, xn, t, &mut cache, 0))
     }
 
@@ -644,17 +634,17 @@ impl Llama {
             ));
         }
         let rotary = Rotary::new(c.head_dim, c.max_position_embeddings, c.rope_theta, layout);
-        let kv_dtype = match model.layers.first().map(|l| l.self_attn.q_proj.dtype()) {
-            Some(d @ (DType::BF16 | DType::F16)) => d,
-            _ => DType::F32,
-        };
-        Ok(Llama {
+        let mut llama = Llama {
             config,
             model,
             lm_head,
             rotary,
-            kv_dtype,
-        })
+            kv_dtype: DType::F32,
+        };
+        if let d @ (DType::BF16 | DType::F16) = llama.dtype() {
+            llama.kv_dtype = d;
+        }
+        Ok(llama)
     }
 
     /// An empty KV cache for up to `capacity` positions in [`kv_dtype`](Self::kv_dtype) (an
