@@ -22,6 +22,50 @@ fn config() -> LlamaConfig {
     LlamaConfig::from_json_str(CONFIG, Path::new("config.json")).unwrap()
 }
 
+/// [`config`] with a 512-position context: room for caches long enough to split decode
+/// attention.
+fn long_config() -> LlamaConfig {
+    let json = CONFIG.replace(
+        r#""max_position_embeddings": 64"#,
+        r#""max_position_embeddings": 512"#,
+    );
+    LlamaConfig::from_json_str(&json, Path::new("c.json")).unwrap()
+}
+
+/// Runs `f` in a pool of three threads, so decode attention splits the cached positions (one
+/// part per thread, from 256 of them) even where the machine has one core.
+fn in_three_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Logits of `ids` fed through `cache` as a prefill of `ids[..cuts[0]]`, then one forward pass
+/// per stretch between consecutive cuts, and the rest.
+fn stepped_logits(model: &Llama, ids: &[u32], cuts: &[usize], cache: &mut KvCache) -> Vec<f32> {
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for &end in cuts.iter().chain([&ids.len()]) {
+        rows.extend(logits(model, &ids[start..end], cache));
+        start = end;
+    }
+    rows
+}
+
+/// Rows `from..` of `rows` (of `v` logits each) equal `full`'s within 1e-4 relative.
+fn assert_rows_close(full: &[f32], rows: &[f32], v: usize, from: usize, what: &str) {
+    assert_eq!(rows.len(), full.len(), "{what}");
+    for (i, (a, b)) in full.iter().zip(rows).enumerate().skip(from * v) {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "{what} [{}] {a} vs {b}",
+            i / v
+        );
+    }
+}
+
 #[test]
 fn config_errors_name_the_problem() {
     let missing = CONFIG.replace(r#""intermediate_size": 48,"#, "");
@@ -93,12 +137,7 @@ fn decoding_through_the_cache_equals_one_prefill() {
 /// cached positions into parts (one per thread, from 256 positions) equal one long prefill.
 #[test]
 fn split_decode_attention_equals_one_prefill() {
-    let json = CONFIG.replace(
-        r#""max_position_embeddings": 64"#,
-        r#""max_position_embeddings": 512"#,
-    );
-    let cfg = LlamaConfig::from_json_str(&json, Path::new("c.json")).unwrap();
-    let mut model = Llama::random(&cfg, 11).unwrap();
+    let mut model = Llama::random(&long_config(), 11).unwrap();
     // Sharp attention (scores of tens, not near 0), so parts have different maxima and a wrong
     // merge shows.
     for l in &mut model.model.layers {
@@ -112,34 +151,13 @@ fn split_decode_attention_equals_one_prefill() {
     }
     let v = model.config.vocab_size;
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 64).collect();
-    // A pool of three threads, so the split (⌊291..300 / 128⌋ = 2 parts here) runs even where
-    // the machine has one core.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    // Three threads: the split gives ⌊291..300 / 128⌋ = 2 parts here.
+    in_three_threads(|| {
         let mut c1 = KvCache::new(&model.config, ids.len());
         let full = logits(&model, &ids, &mut c1);
         let mut c2 = KvCache::new(&model.config, ids.len());
-        let mut rows = logits(&model, &ids[..290], &mut c2);
-        for step in [
-            &ids[290..291],
-            &ids[291..294],
-            &ids[294..295],
-            &ids[295..298],
-            &ids[298..],
-        ] {
-            rows.extend(logits(&model, step, &mut c2));
-        }
-        assert_eq!(rows.len(), full.len());
-        for (i, (a, b)) in full.iter().zip(&rows).enumerate().skip(290 * v) {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "[{}] {a} vs {b}",
-                i / v
-            );
-        }
+        let rows = stepped_logits(&model, &ids, &[290, 291, 294, 295, 298], &mut c2);
+        assert_rows_close(&full, &rows, v, 290, "f32");
     });
 }
 
@@ -148,21 +166,12 @@ fn split_decode_attention_equals_one_prefill() {
 /// its logits stay within the rounding of keys and values of the f32 cache's (but differ).
 #[test]
 fn half_kv_cache_decodes_like_its_prefill_and_stays_near_f32() {
-    let json = CONFIG.replace(
-        r#""max_position_embeddings": 64"#,
-        r#""max_position_embeddings": 512"#,
-    );
-    let cfg = LlamaConfig::from_json_str(&json, Path::new("c.json")).unwrap();
-    let mut model = Llama::random(&cfg, 5).unwrap();
+    let mut model = Llama::random(&long_config(), 5).unwrap();
     assert_eq!(model.kv_dtype, DType::F32, "f32 weights get an f32 cache");
     assert_eq!(model.new_cache(4).unwrap().dtype(), DType::F32);
     let v = model.config.vocab_size;
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 29 + 3) % 64).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    in_three_threads(|| {
         let mut c32 = KvCache::new(&model.config, ids.len());
         let exact = logits(&model, &ids, &mut c32);
         // bf16 keeps 8 significant bits, f16 11: relative rounding 2^-9 and 2^-12 per element;
@@ -174,17 +183,8 @@ fn half_kv_cache_decodes_like_its_prefill_and_stays_near_f32() {
             assert_eq!(2 * c1.bytes(), c32.bytes());
             let full = logits(&model, &ids, &mut c1);
             let mut c2 = model.new_cache(ids.len()).unwrap();
-            let mut rows = logits(&model, &ids[..290], &mut c2);
-            for step in [&ids[290..291], &ids[291..294], &ids[294..]] {
-                rows.extend(logits(&model, step, &mut c2));
-            }
-            for (i, (a, b)) in full.iter().zip(&rows).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "{dt:?} [{}] {a} vs {b}",
-                    i / v
-                );
-            }
+            let rows = stepped_logits(&model, &ids, &[290, 291, 294], &mut c2);
+            assert_rows_close(&full, &rows, v, 0, &format!("{dt:?}"));
             let worst = full
                 .iter()
                 .zip(&exact)
