@@ -289,6 +289,12 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
         let nb = (b1 - b).min(2);
         let mut acc = [[S::splat(0.0); 4]; MAX_Q];
         for i in 0..d {
+            // The same component of the next two blocks, once per cache line.
+            if (i * B * size_of::<W>()).is_multiple_of(64) {
+                for k in 0..2 {
+                    S::prefetch_once(kb.wrapping_add(((b + 2 + k) * d + i) * B).cast());
+                }
+            }
             let mut kv = [S::splat(0.0); 4];
             for k in 0..nb {
                 let row = kb.add(((b + k) * d + i) * B);
@@ -346,6 +352,12 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
         let mut acc = [[S::splat(0.0); 4]; MAX_Q];
         for j in 0..len {
             let row = v.add((j0 + j) * d + c);
+            if c == 0 {
+                prefetch_row::<S>(
+                    v.wrapping_add((j0 + j + V_AHEAD) * d).cast(),
+                    d * size_of::<W>(),
+                );
+            }
             let mut vv = [S::splat(0.0); 4];
             for (k, x) in vv.iter_mut().enumerate().take(nv) {
                 *x = load_elem_n::<S, W>(row.add(k * l), (cols - k * l).min(l), 0.0);
@@ -363,6 +375,24 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
             }
         }
         c += cols;
+    }
+}
+
+/// Value rows ahead of the one being read that [`attend_body`] prefetches (keys: the next two
+/// blocks). The attention reads a few hundred kilobytes per layer in short streams that the
+/// hardware prefetchers ramp up on too slowly: measured on Zen 5, one thread over 288 positions
+/// of 3 groups of 3 heads (d = 64, f32) with the cache flushed went from 32.7 to 21.8 µs a layer,
+/// and SmolLM2-135M decode, interleaved step by step with the version without, +3-5 % tokens/s
+/// in f32 and +4-6 % in bf16 (bf16 cache).
+const V_AHEAD: usize = 16;
+
+/// Non-temporal prefetches of the cache lines of `bytes` bytes from `p`.
+#[inline(always)]
+unsafe fn prefetch_row<S: Simd>(p: *const u8, bytes: usize) {
+    let mut o = 0;
+    while o < bytes {
+        S::prefetch_once(p.wrapping_add(o));
+        o += 64;
     }
 }
 
