@@ -350,17 +350,21 @@ pub struct ModelBenchArgs {
 /// the model.
 const LIMITS_READ_BYTES: usize = 256 << 20;
 
-/// Bytes of the read probe run after each step of the time-matched decode pass: twice a 32 MiB
-/// last-level cache, and about 2 ms per probe.
-const MATCHED_PROBE_BYTES: usize = 64 << 20;
+/// Bytes of the read probe run after each step of the time-matched decode pass: the after-run
+/// probe's size, eight times a 32 MiB last-level cache, about 6 ms per probe. (A 64 MiB probe,
+/// used before, read 5-10 % below the after-run probe: part of a pass that short still comes
+/// from the cache or pays the ramp of the prefetchers.)
+const MATCHED_PROBE_BYTES: usize = 256 << 20;
 
 /// A second decode pass (a fresh cache, the same prefill) with a read probe after every step:
 /// `(tokens/s, GB/s of the probes)`. The host's bandwidth moves within seconds, so this compares
 /// a decode speed with the bandwidth of the same seconds: the tool for A/B comparisons of decode
-/// code on a shared host. Each probe reads its array once, cold after a decode step as the
-/// weights are, and such single cold passes read about 5-10 % below the back-to-back repetitions
-/// of the after-run probe (measured on the 2-vCPU Zen 5 VM); the headline fraction
-/// (`decode_fraction_of_bandwidth_bound`) stays the after-run one.
+/// code on a shared host, and a check on the after-run fraction, which a change of the host's
+/// bandwidth between the decode and the probe (seconds apart) moves by ±20 %. Each probe reads
+/// its array once, cold after a decode step as the weights are; measured on the 2-vCPU Zen 5 VM,
+/// these passes read 0.4-6.5 % below the after-run probe's back-to-back repetitions in five runs
+/// of six (9 % above in the sixth, where the host moved), so the matched fraction may flatter
+/// decode by that much.
 fn time_matched_decode(
     model: &Llama,
     ids: &[u32],
