@@ -435,7 +435,10 @@ unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W)
 /// probe: against no software prefetch, 2048 / 3072 / 4096 bytes ahead with the non-temporal
 /// hint gave +5.5 / +5.6 / +3 % tokens/s in f32, and +3-4 % in bf16 (2048 and 3072) while the
 /// host read about 40 GB/s; when it read 53 GB/s, bf16 decode stayed near 38 GB/s with or
-/// without. The T0 hint gave about two thirds of the gain.
+/// without. The T0 hint gave about two thirds of the gain. Against this setting, 20 further
+/// rounds of the same interleaving (128 steps each, f32 and bf16) measured 6144 / 12288 bytes
+/// ahead (NTA) at −2.7 / −4.6 % in f32 and −1.3 / −2.8 % in bf16, T0 at 6144 bytes −5.8 / −2.8 %,
+/// T1 at 8192 bytes −10.6 / −6.8 %, and no better in the rounds where the host read over 50 GB/s.
 const GEMV_AHEAD: usize = 3072;
 
 /// Non-temporal prefetches of the cache lines of `bytes` bytes from `p` (any address: a prefetch
