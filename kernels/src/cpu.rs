@@ -106,6 +106,26 @@ pub fn force(level: Option<Level>) -> bool {
     }
 }
 
+/// Non-temporal prefetches of the cache lines of `bytes` bytes from `p`: a hint that they will be
+/// read once, soon (`PREFETCHNTA`, which also spares the outer caches). Any address will do: a
+/// prefetch never faults, so a window may run past the end of a buffer. No-op off x86-64.
+#[inline(always)]
+pub(crate) fn prefetch_once(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA};
+        let mut o = 0;
+        while o < bytes {
+            // SAFETY: a prefetch only hints the caches and never faults, whatever the address;
+            // SSE, which it needs, is part of x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(o).cast()) };
+            o += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
 fn encode(l: Level) -> u8 {
     match l {
         Level::Portable => 1,

@@ -285,7 +285,7 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
     // below.
     let (b0, b1) = (j0 / B, j1.div_ceil(B));
     // The values' first rows now, so their stream is under way when the scores are done.
-    prefetch_row::<S>(v.wrapping_add(j0 * d).cast(), V_AHEAD * d * size_of::<W>());
+    cpu::prefetch_once(v.wrapping_add(j0 * d).cast(), V_AHEAD * d * size_of::<W>());
     let mut b = b0;
     while b < b1 {
         let nb = (b1 - b).min(2);
@@ -294,7 +294,7 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
             // The same component of the next two blocks, once per cache line.
             if (i * B * size_of::<W>()).is_multiple_of(64) {
                 for k in 0..2 {
-                    S::prefetch_once(kb.wrapping_add(((b + 2 + k) * d + i) * B).cast());
+                    cpu::prefetch_once(kb.wrapping_add(((b + 2 + k) * d + i) * B).cast(), 1);
                 }
             }
             let mut kv = [S::splat(0.0); 4];
@@ -355,7 +355,7 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
         for j in 0..len {
             let row = v.add((j0 + j) * d + c);
             if c == 0 {
-                prefetch_row::<S>(
+                cpu::prefetch_once(
                     v.wrapping_add((j0 + j + V_AHEAD) * d).cast(),
                     d * size_of::<W>(),
                 );
@@ -389,16 +389,6 @@ unsafe fn attend_body<S: Simd, W: WeightElem>(
 /// the scores cut the attention of a bf16 step from 0.66 / 0.60 to 0.53 / 0.54 ms (in-model
 /// timers, two runs each); prefetching the first two key blocks as well gained nothing.
 const V_AHEAD: usize = 16;
-
-/// Non-temporal prefetches of the cache lines of `bytes` bytes from `p`.
-#[inline(always)]
-unsafe fn prefetch_row<S: Simd>(p: *const u8, bytes: usize) {
-    let mut o = 0;
-    while o < bytes {
-        S::prefetch_once(p.wrapping_add(o));
-        o += 64;
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -77,10 +77,6 @@ pub(crate) trait Simd {
     unsafe fn ldexp(x: Self::V, n: Self::V) -> Self::V;
     unsafe fn hsum(v: Self::V) -> f32;
     unsafe fn hmax(v: Self::V) -> f32;
-    /// Hints that the cache line at `p` will be read once, soon (a non-temporal prefetch; any
-    /// address, since a prefetch never faults; may be a no-op).
-    #[inline(always)]
-    unsafe fn prefetch_once(_p: *const u8) {}
     /// Swaps each even lane with the odd lane after it.
     unsafe fn swap_pairs(v: Self::V) -> Self::V;
 }
@@ -320,10 +316,6 @@ pub(crate) mod x86 {
         type V = __m512;
         const LANES: usize = 16;
         #[inline(always)]
-        unsafe fn prefetch_once(p: *const u8) {
-            _mm_prefetch::<_MM_HINT_NTA>(p.cast());
-        }
-        #[inline(always)]
         unsafe fn splat(x: f32) -> __m512 {
             _mm512_set1_ps(x)
         }
@@ -437,10 +429,6 @@ pub(crate) mod x86 {
     impl Simd for Avx2 {
         type V = __m256;
         const LANES: usize = 8;
-        #[inline(always)]
-        unsafe fn prefetch_once(p: *const u8) {
-            _mm_prefetch::<_MM_HINT_NTA>(p.cast());
-        }
         #[inline(always)]
         unsafe fn splat(x: f32) -> __m256 {
             _mm256_set1_ps(x)

@@ -282,10 +282,6 @@ pub(crate) trait Simd {
     /// Hints that the cache line at `p` will be read soon (may be a no-op).
     #[inline(always)]
     unsafe fn prefetch(_p: *const u8) {}
-    /// Hints that the cache line at `p` will be read once, soon: a non-temporal prefetch, which
-    /// spares the outer caches (may be a no-op).
-    #[inline(always)]
-    unsafe fn prefetch_once(_p: *const u8) {}
 }
 
 #[inline(always)]
@@ -408,7 +404,7 @@ unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
 #[inline(always)]
 unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W) -> f32 {
     let l = S::LANES;
-    prefetch_once::<S>(
+    cpu::prefetch_once(
         w.cast::<u8>().wrapping_add(GEMV_AHEAD),
         k * std::mem::size_of::<W>(),
     );
@@ -441,17 +437,6 @@ unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W)
 /// T1 at 8192 bytes −10.6 / −6.8 %, and no better in the rounds where the host read over 50 GB/s.
 const GEMV_AHEAD: usize = 3072;
 
-/// Non-temporal prefetches of the cache lines of `bytes` bytes from `p` (any address: a prefetch
-/// never faults, so the window may run past the end of the weights).
-#[inline(always)]
-unsafe fn prefetch_once<S: Simd>(p: *const u8, bytes: usize) {
-    let mut o = 0;
-    while o < bytes {
-        S::prefetch_once(p.wrapping_add(o));
-        o += 64;
-    }
-}
-
 /// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: one row at a time for GEMV (M = 1,
 /// pure streaming), 6 weight rows × groups of 4 x rows otherwise.
 #[inline(always)]
@@ -469,7 +454,7 @@ unsafe fn rows<S: Simd, W: WeightElem>(
 ) {
     if m == 1 {
         // The task's first rows, which the previous rows' prefetches did not cover.
-        prefetch_once::<S>(w.add(n0 * k).cast(), GEMV_AHEAD);
+        cpu::prefetch_once(w.add(n0 * k).cast(), GEMV_AHEAD);
         for j in n0..n1 {
             *y.add(j) = gemv_row::<S, W>(k, x, w.add(j * k));
         }

@@ -12,10 +12,6 @@ impl Simd for Avx512 {
         _mm_prefetch::<_MM_HINT_T1>(p.cast());
     }
     #[inline(always)]
-    unsafe fn prefetch_once(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_NTA>(p.cast());
-    }
-    #[inline(always)]
     unsafe fn zero() -> __m512 {
         _mm512_setzero_ps()
     }
@@ -66,10 +62,6 @@ impl Simd for Avx2 {
     #[inline(always)]
     unsafe fn prefetch(p: *const u8) {
         _mm_prefetch::<_MM_HINT_T1>(p.cast());
-    }
-    #[inline(always)]
-    unsafe fn prefetch_once(p: *const u8) {
-        _mm_prefetch::<_MM_HINT_NTA>(p.cast());
     }
     #[inline(always)]
     unsafe fn zero() -> __m256 {
