@@ -2,6 +2,8 @@
 //! the documented fields and positive numbers; the table form and bad arguments behave. `shears
 //! bench --model` (on the fetched SmolLM2) reports its KV cache and the time-matched pass.
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn shears(args: &[&str]) -> Output {
@@ -159,10 +161,7 @@ fn bench_sparse_json_has_the_issue_fields() {
 
 /// The fetched SmolLM2, or `None` (the test skips) when `shears fetch` has not run.
 fn smollm2() -> Option<String> {
-    let dir = std::env::var_os("SHEARS_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
-    let m = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let m = common::default_model();
     if m.exists() {
         Some(m.to_str().unwrap().to_string())
     } else {

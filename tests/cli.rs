@@ -1,6 +1,8 @@
 //! The `shears` binary, run as a user would: help and version, `inspect` on files, sharded
 //! checkpoints and directories (table and `--json`), and clean `error:` exits on bad input.
 
+mod common;
+
 use shears::tensor::{io, DType, Tensor};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -171,10 +173,7 @@ fn inspect_corrupt_file_fails_cleanly() {
 #[test]
 fn inspect_reads_a_gguf_file() {
     // The fetched default model (skips when `shears fetch` has not run).
-    let dir = std::env::var_os("SHEARS_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"));
-    let gguf = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = common::default_model();
     if !gguf.exists() {
         eprintln!(
             "skipping: {} is missing (run `shears fetch`)",

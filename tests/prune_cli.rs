@@ -2,7 +2,9 @@
 //! load → prune → save compressed → reload into sparse layers → eval gives the same perplexity;
 //! and bad requests fail cleanly before any work.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn shears(args: &[&str]) -> Output {
@@ -12,17 +14,10 @@ fn shears(args: &[&str]) -> Output {
         .expect("the shears binary runs")
 }
 
-fn data_dir() -> PathBuf {
-    std::env::var_os("SHEARS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))
-}
-
 fn assets() -> Option<(PathBuf, PathBuf)> {
-    let d = data_dir();
     let (m, t) = (
-        d.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-        d.join("alice29.txt"),
+        common::default_model(),
+        common::data_dir().join("alice29.txt"),
     );
     if m.exists() && t.exists() {
         Some((m, t))
