@@ -229,15 +229,20 @@ fn kernels(args: &KernelsArgs) -> CliResult {
                 ("read_gbps", lim.read_gbps.into()),
                 ("threads", lim.threads.into()),
                 ("level", lim.level.name().into()),
+                ("cpu", cpu::model_name().into()),
+                ("prefetch", cpu::prefetch().name().into()),
             ])
         )?;
     } else {
         writeln!(
             out,
-            "limits ({} thread{}, {}): f32 FMA peak {:.1} GFLOP/s, read bandwidth {:.1} GB/s",
+            "limits ({}, {} thread{}, {}, prefetch {}): f32 FMA peak {:.1} GFLOP/s, read bandwidth \
+             {:.1} GB/s",
+            cpu::model_name(),
             lim.threads,
             if lim.threads == 1 { "" } else { "s" },
             lim.level.name(),
+            cpu::prefetch().name(),
             lim.fma_gflops,
             lim.read_gbps
         )?;

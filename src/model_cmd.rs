@@ -452,6 +452,8 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             "matched_read_gb_per_s": matched.map(|m| m.1),
             "decode_fraction_of_matched_bound": matched_frac,
             "load_secs": load_secs,
+            "cpu": shears::kernels::cpu::model_name(),
+            "prefetch": shears::kernels::cpu::prefetch().name(),
         });
         writeln!(out, "{v}")?;
     } else {
@@ -495,8 +497,11 @@ pub fn run_model_bench(args: &ModelBenchArgs) -> CliResult {
             .unwrap_or_else(|| "n/a".into());
         writeln!(
             out,
-            "{} threads, {} weights ({:.1} MiB), {} KV cache {:.1} MiB, peak RSS {rss_text}",
+            "{} threads ({}, prefetch {}), {} weights ({:.1} MiB), {} KV cache {:.1} MiB, peak RSS \
+             {rss_text}",
             rayon::current_num_threads(),
+            shears::kernels::cpu::model_name(),
+            shears::kernels::cpu::prefetch().name(),
             model.dtype().as_str(),
             mib(model.weight_bytes()),
             model.kv_dtype.as_str(),

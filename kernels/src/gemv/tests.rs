@@ -113,3 +113,35 @@ proptest! {
         }
     }
 }
+
+/// The prefetch policy is a speed choice only: every policy gives the reference's products, for
+/// GEMV rows shorter and longer than the prefetch distance.
+#[test]
+fn every_prefetch_policy_matches_ref() {
+    let before = cpu::prefetch();
+    for p in [cpu::Prefetch::Off, cpu::Prefetch::Nta, cpu::Prefetch::T0] {
+        cpu::force_prefetch(Some(p));
+        assert_eq!(cpu::prefetch(), p);
+        for (n, k) in [(37, 5), (19, 1031), (8, 4099)] {
+            let w = fill(n * k, 3);
+            let x = fill(k, 4);
+            let (mut y, mut r) = (vec![f32::NAN; n], vec![0f32; n]);
+            matmul_nt(1, n, k, &x, &w, &mut y);
+            matmul_nt_ref(1, n, k, &x, &w, &mut r);
+            for (a, b) in y.iter().zip(&r) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * k as f32,
+                    "{p:?} n{n} k{k}: {a} vs {b}"
+                );
+            }
+        }
+    }
+    cpu::force_prefetch(Some(before));
+}
+
+#[test]
+fn vendor_and_model_name_are_printable() {
+    let (v, name) = (cpu::vendor(), cpu::model_name());
+    assert!(v.chars().all(|c| c.is_ascii_graphic()), "{v:?}");
+    assert!(!name.contains('\0'), "{name:?}");
+}
