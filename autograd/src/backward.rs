@@ -2,9 +2,19 @@
 //! so a new op does not compile until it has a rule. Each rule receives `g = d loss / d out` and
 //! hands `d loss / d input` to every input that requires a gradient.
 
+use crate::fused::{checkpoint_backward, matmul_nt_backward, CheckpointFn};
 use crate::var::{accumulate, Var};
-use shears_tensor::{DType, Result, Tensor};
+use shears_tensor::{DType, Result, RopeTables, Tensor};
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What [`Var::checkpoint`] keeps instead of the function's graph: its inputs, the parameters it
+/// reaches, and the function to run again.
+pub(crate) struct Checkpointed {
+    pub(crate) inputs: Vec<Var>,
+    pub(crate) params: Vec<Var>,
+    pub(crate) f: CheckpointFn,
+}
 
 /// Elementwise unary functions, mirroring [`shears_tensor::UnaryOp`] (which is
 /// `#[non_exhaustive]`, so autograd keeps its own closed list to match on exhaustively).
@@ -75,6 +85,20 @@ pub(crate) enum Op {
     WhereCond(Tensor, Var, Var),
     /// Input `(..., in)`, kept values `[nnz]`, and the sparsity structure of `W: [out, in]`.
     SparseLinear(Var, Var, shears_tensor::sparse::SparseTensor),
+    /// `x · Wᵀ`: input `(.., in)`, weight `[out, in]`, and a 0/1 mask of W's gradient.
+    MatmulNt(Var, Var, Option<Tensor>),
+    /// Input, gain, eps.
+    RmsNorm(Var, Var, f64),
+    /// Gate, up.
+    SiluMul(Var, Var),
+    /// Input `(batch, seq, heads, head_dim)`, tables, first position.
+    Rope(Var, Arc<RopeTables>, usize),
+    /// q, k, v, scale.
+    CausalAttention(Var, Var, Var, f64),
+    /// A dtype conversion: the gradient goes back to the input's dtype.
+    ToDType(Var),
+    /// A function recomputed in the backward pass.
+    Checkpoint(Box<Checkpointed>),
 }
 
 impl Op {
@@ -104,15 +128,26 @@ impl Op {
             | Op::Narrow(x, ..)
             | Op::BroadcastAs(x)
             | Op::IndexSelect(x, ..)
-            | Op::Gather(x, ..) => f(x),
+            | Op::Gather(x, ..)
+            | Op::Rope(x, ..)
+            | Op::ToDType(x) => f(x),
             Op::Binary(a, b, _)
             | Op::Matmul(a, b)
             | Op::WhereCond(_, a, b)
-            | Op::SparseLinear(a, b, _) => {
+            | Op::SparseLinear(a, b, _)
+            | Op::MatmulNt(a, b, _)
+            | Op::RmsNorm(a, b, _)
+            | Op::SiluMul(a, b) => {
                 f(a);
                 f(b);
             }
+            Op::CausalAttention(q, k, v, _) => {
+                f(q);
+                f(k);
+                f(v);
+            }
             Op::Cat(xs, _) => xs.iter().for_each(f),
+            Op::Checkpoint(c) => c.inputs.iter().chain(&c.params).for_each(f),
         }
     }
 }
@@ -344,6 +379,36 @@ pub(crate) fn propagate(op: &Op, g: Tensor, pending: &mut HashMap<u64, Tensor>) 
             acc(x, x.tensor().zeros_like()?.scatter_add(*dim, &index, &g)?)
         }
         Op::Gather(x, index, dim) => acc(x, x.tensor().zeros_like()?.scatter_add(*dim, index, &g)?),
+        Op::MatmulNt(x, w, mask) => {
+            let (dx, dw) = matmul_nt_backward(x, w, mask.as_ref(), &g)?;
+            if let Some(dx) = dx {
+                acc(x, dx)?;
+            }
+            if let Some(dw) = dw {
+                acc(w, dw)?;
+            }
+            Ok(())
+        }
+        Op::RmsNorm(x, w, eps) => {
+            let (dx, dw) = x.tensor().rms_norm_backward(w.tensor(), *eps, &g)?;
+            acc(x, dx)?;
+            acc(w, dw)
+        }
+        Op::SiluMul(gate, up) => {
+            let (dg, du) = gate.tensor().silu_mul_backward(up.tensor(), &g)?;
+            acc(gate, dg)?;
+            acc(up, du)
+        }
+        Op::Rope(x, tables, offset) => acc(x, g.rope_backward(tables, *offset)?),
+        Op::CausalAttention(q, k, v, scale) => {
+            let (dq, dk, dv) =
+                Tensor::causal_attention_backward(q.tensor(), k.tensor(), v.tensor(), &g, *scale)?;
+            acc(q, dq)?;
+            acc(k, dk)?;
+            acc(v, dv)
+        }
+        Op::ToDType(x) => acc(x, g.to_dtype(x.dtype())?),
+        Op::Checkpoint(c) => checkpoint_backward(c, g, &mut acc),
         Op::WhereCond(mask, t, f) => {
             let zero = Tensor::zeros((), g.dtype())?;
             if t.requires_grad() {

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod backward;
+pub mod fused;
 pub mod nn;
 mod ops;
 pub mod optim;

@@ -39,6 +39,19 @@ pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with graph recording switched on on this thread, whatever the enclosing scope (the
+/// recomputation of a checkpointed function in the backward pass). Restores the previous state.
+pub(crate) fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_GRAD.with(|c| c.replace(false)));
+    f()
+}
+
 /// False inside a [`no_grad`] scope on this thread.
 pub fn is_grad_enabled() -> bool {
     !NO_GRAD.with(Cell::get)
@@ -171,6 +184,26 @@ impl Var {
     }
     pub(crate) fn node(&self) -> Option<&Arc<Node>> {
         self.node.as_ref()
+    }
+
+    /// The parameters (leaves with a node) this value's graph reaches, in no particular order;
+    /// a parameter itself returns itself.
+    pub(crate) fn leaves(&self) -> Vec<Var> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![self.clone()];
+        while let Some(v) = stack.pop() {
+            let Some(n) = v.node.clone() else { continue };
+            if !seen.insert(n.id) {
+                continue;
+            }
+            if matches!(n.op, Op::Leaf) {
+                out.push(v);
+            } else {
+                n.op.for_each_input(|x| stack.push(x.clone()));
+            }
+        }
+        out
     }
 
     /// Gradients of this one-element value with respect to every parameter it depends on.

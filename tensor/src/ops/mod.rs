@@ -1,5 +1,6 @@
 //! `impl Tensor` blocks, one file per op family.
 
+mod attention;
 mod binary;
 mod convert;
 mod create;
@@ -7,11 +8,13 @@ mod index;
 mod linalg;
 mod matmul;
 mod movement;
+mod nn;
 mod reduce;
 mod slice;
 mod sort;
 mod unary;
 
 pub use binary::{BinaryOp, CmpOp};
+pub use nn::{RopeLayout, RopeTables};
 pub use reduce::ReduceOp;
 pub use unary::UnaryOp;
