@@ -236,13 +236,13 @@ fn kernels(args: &KernelsArgs) -> CliResult {
     } else {
         writeln!(
             out,
-            "limits ({}, {} thread{}, {}, prefetch {}): f32 FMA peak {:.1} GFLOP/s, read bandwidth \
-             {:.1} GB/s",
-            cpu::model_name(),
+            "limits ({} thread{}, {}, prefetch {}, {}): f32 FMA peak {:.1} GFLOP/s, read \
+             bandwidth {:.1} GB/s",
             lim.threads,
             if lim.threads == 1 { "" } else { "s" },
             lim.level.name(),
             cpu::prefetch().name(),
+            cpu::model_name(),
             lim.fma_gflops,
             lim.read_gbps
         )?;

@@ -214,8 +214,8 @@ pub fn run(args: &SparseArgs) -> CliResult {
             } else {
                 (256usize << 20).div_ceil(bytes).max(1)
             };
-            let dense_copies: Vec<shears::models::layers::Linear> = (0..copies)
-                .map(|_| shears::models::layers::Linear::new(deep_copy(&dense)?))
+            let dense_copies: Vec<Tensor> = (0..copies)
+                .map(|_| deep_copy(&dense))
                 .collect::<Result<_, _>>()?;
             for format in formats {
                 if matches!(format, Format::Csr(_)) && dtype != DType::F32 {
@@ -238,7 +238,7 @@ pub fn run(args: &SparseArgs) -> CliResult {
                     let mut y = vec![0f32; batch * rows];
                     let (ts, td) = pool.install(|| {
                         let td = time(copies, target, |c| {
-                            dense_copies[c].forward_slice(black_box(&x), batch, &mut y)
+                            dense_nt(&dense_copies[c], black_box(&x), batch, &mut y)
                         });
                         let ts = time(copies, target, |c| {
                             sparse_copies[c].matmul_nt_slice(black_box(&x), batch, &mut y)
@@ -282,4 +282,15 @@ pub fn run(args: &SparseArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `y[m, n] = x[m, k] · Wᵀ` with the dense kernel at `w`'s storage dtype (f32 or bf16).
+fn dense_nt(w: &Tensor, x: &[f32], m: usize, y: &mut [f32]) {
+    use shears::kernels::gemv::matmul_nt;
+    let (n, k) = (w.dims()[0], w.dims()[1]);
+    match w.dtype() {
+        DType::BF16 => matmul_nt(m, n, k, x, w.as_slice::<half::bf16>().unwrap(), y),
+        DType::F16 => matmul_nt(m, n, k, x, w.as_slice::<half::f16>().unwrap(), y),
+        _ => matmul_nt(m, n, k, x, w.as_slice::<f32>().unwrap(), y),
+    }
 }

@@ -109,6 +109,30 @@ impl Var {
         }))
     }
 
+    /// Attention of new positions over a KV cache (see [`Tensor::attend_cached`]): inference
+    /// only, an error when a gradient would be needed (the cache is state, not a function of
+    /// the inputs).
+    pub fn attend_cached(
+        &self,
+        k: &Var,
+        v: &Var,
+        cache: &mut shears_tensor::kv::KvCache,
+        layer: usize,
+        scale: f64,
+    ) -> Result<Var> {
+        if crate::is_grad_enabled() && [self, k, v].iter().any(|x| x.requires_grad()) {
+            return Err(Error::invalid(
+                "Var::attend_cached",
+                "attention over a KV cache is inference only: run without a cache (causal \
+                 attention) to train, or inside no_grad",
+            ));
+        }
+        let t = self
+            .tensor()
+            .attend_cached(k.tensor(), v.tensor(), cache, layer, scale)?;
+        Ok(Var::constant(t))
+    }
+
     /// The value in `dtype` (a float); the gradient is converted back to the input's dtype.
     pub fn to_dtype(&self, dtype: DType) -> Result<Var> {
         if dtype == self.dtype() {

@@ -48,7 +48,31 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token ids (generation stops at any of them).
     pub eos_token_ids: Vec<u32>,
+    /// Per-layer shapes when the layers differ (structured pruning); empty when every layer has
+    /// `num_attention_heads`, `num_key_value_heads` and `intermediate_size`. In `config.json`:
+    /// the lists `num_attention_heads_per_layer`, `num_key_value_heads_per_layer` and
+    /// `intermediate_size_per_layer`, one entry per layer, written only when the layers differ
+    /// (an unpruned model keeps exactly the HF keys).
+    pub layer_shapes: Vec<LayerShape>,
 }
+
+/// The shape of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (a divisor of the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+}
+
+/// The JSON keys of the per-layer shape lists.
+const PER_LAYER_KEYS: [&str; 3] = [
+    "num_attention_heads_per_layer",
+    "num_key_value_heads_per_layer",
+    "intermediate_size_per_layer",
+];
 
 impl LlamaConfig {
     /// Query heads per key/value head.
@@ -56,14 +80,38 @@ impl LlamaConfig {
         self.num_attention_heads / self.num_key_value_heads
     }
 
+    /// The shape of layer `i`: its entry of [`layer_shapes`](Self::layer_shapes), else the
+    /// global sizes.
+    pub fn layer_shape(&self, i: usize) -> LayerShape {
+        self.layer_shapes.get(i).copied().unwrap_or(LayerShape {
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            intermediate_size: self.intermediate_size,
+        })
+    }
+
+    /// Records the layers' shapes: kept only when some layer differs from the global sizes.
+    pub fn set_layer_shapes(&mut self, shapes: Vec<LayerShape>) {
+        self.layer_shapes.clear();
+        let uniform = (0..self.num_hidden_layers).map(|i| self.layer_shape(i));
+        if !shapes.iter().copied().eq(uniform) {
+            self.layer_shapes = shapes;
+        }
+    }
+
     /// The number of parameters (embedding and head counted once when tied).
     pub fn num_parameters(&self) -> usize {
-        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
-        let layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d;
+        let (d, v) = (self.hidden_size, self.vocab_size);
+        let layers: usize = (0..self.num_hidden_layers)
+            .map(|i| {
+                let s = self.layer_shape(i);
+                let q = s.num_attention_heads * self.head_dim;
+                let kv = s.num_key_value_heads * self.head_dim;
+                d * q + 2 * d * kv + q * d + 3 * d * s.intermediate_size + 2 * d
+            })
+            .sum();
         let head = if self.tie_word_embeddings { 0 } else { v * d };
-        v * d + self.num_hidden_layers * layer + d + head
+        v * d + layers + d + head
     }
 
     /// Reads an HF `config.json`.
@@ -167,7 +215,38 @@ impl LlamaConfig {
                 ),
             },
             eos_token_ids,
+            layer_shapes: Vec::new(),
         };
+        let lists: Vec<Option<Vec<usize>>> = PER_LAYER_KEYS
+            .iter()
+            .map(|k| cfg.opt_usize_list(k))
+            .collect::<Result<_>>()?;
+        let mut c = c;
+        match lists.as_slice() {
+            [None, None, None] => {}
+            [Some(h), Some(kv), Some(f)] => {
+                let n = c.num_hidden_layers;
+                if h.len() != n || kv.len() != n || f.len() != n {
+                    return Err(err(format!(
+                        "the per-layer lists {PER_LAYER_KEYS:?} must have num_hidden_layers = \
+                         {n} entries each"
+                    )));
+                }
+                let shapes = (0..n)
+                    .map(|i| LayerShape {
+                        num_attention_heads: h[i],
+                        num_key_value_heads: kv[i],
+                        intermediate_size: f[i],
+                    })
+                    .collect();
+                c.set_layer_shapes(shapes);
+            }
+            _ => {
+                return Err(err(format!(
+                    "give all of {PER_LAYER_KEYS:?} or none of them"
+                )))
+            }
+        }
         c.validate(path)?;
         Ok(c)
     }
@@ -236,6 +315,7 @@ impl LlamaConfig {
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             bos_token_id: id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            layer_shapes: Vec::new(),
         };
         c.validate(&g.path)?;
         Ok(c)
@@ -272,6 +352,19 @@ impl LlamaConfig {
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
+        for (i, s) in self.layer_shapes.iter().enumerate() {
+            if s.num_attention_heads == 0
+                || s.num_key_value_heads == 0
+                || s.intermediate_size == 0
+                || !s.num_attention_heads.is_multiple_of(s.num_key_value_heads)
+            {
+                return err(format!(
+                    "layer {i}: {} query heads, {} KV heads and MLP width {}: each must be \
+                     positive and the KV heads must divide the query heads",
+                    s.num_attention_heads, s.num_key_value_heads, s.intermediate_size
+                ));
+            }
+        }
         if !self.head_dim.is_multiple_of(2) {
             return err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
@@ -306,7 +399,7 @@ impl LlamaConfig {
             [one] => json!(one),
             many => json!(many),
         };
-        let v = json!({
+        let mut v = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": self.vocab_size,
@@ -328,6 +421,14 @@ impl LlamaConfig {
             "eos_token_id": eos,
             "torch_dtype": torch_dtype,
         });
+        if !self.layer_shapes.is_empty() {
+            let field = |f: fn(&LayerShape) -> usize| {
+                json!(self.layer_shapes.iter().map(f).collect::<Vec<_>>())
+            };
+            v[PER_LAYER_KEYS[0]] = field(|s| s.num_attention_heads);
+            v[PER_LAYER_KEYS[1]] = field(|s| s.num_key_value_heads);
+            v[PER_LAYER_KEYS[2]] = field(|s| s.intermediate_size);
+        }
         serde_json::to_string_pretty(&v).expect("a JSON value always serializes")
     }
 
@@ -378,6 +479,23 @@ impl JsonFields<'_> {
     fn f64(&self, k: &str) -> Result<f64> {
         self.opt_f64(k)?
             .ok_or_else(|| self.err(format!("missing field `{k}`")))
+    }
+    fn opt_usize_list(&self, k: &str) -> Result<Option<Vec<usize>>> {
+        match self.obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_u64().map(|x| x as usize).ok_or_else(|| {
+                        self.err(format!(
+                            "field `{k}` has entry {x}, not a non-negative integer"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()
+                .map(Some),
+            Some(v) => Err(self.err(format!("field `{k}` = {v} is not a list"))),
+        }
     }
     fn opt_str(&self, k: &str) -> Result<Option<&str>> {
         match self.obj.get(k) {

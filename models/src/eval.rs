@@ -21,8 +21,6 @@
 //! ```
 
 use crate::llama::{KvCache, Llama};
-use rayon::prelude::*;
-use shears_kernels::fused;
 use shears_tensor::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -76,97 +74,42 @@ pub fn load_texts(files: &[PathBuf]) -> Result<String> {
 /// log-sum-exp runs online over the blocks, so the `[seqlen, vocab]` logits never exist at once.
 const VOCAB_BLOCK: usize = 4096;
 
-/// One position's loss, accumulated over the vocabulary blocks: a running `ln Σ exp` (`max` so
-/// far and `Σ exp(x − max)` in f64; a NaN logit poisons it) and the target's logit.
-#[derive(Clone, Copy)]
-struct RowLoss {
-    max: f32,
-    sum: f64,
-    nan: bool,
-    target: f32,
-}
-
-impl RowLoss {
-    const EMPTY: RowLoss = RowLoss {
-        max: f32::NEG_INFINITY,
-        sum: 0.0,
-        nan: false,
-        target: f32::NAN,
-    };
-
-    /// Folds in one block of the row; `shifted` and `e` are scratch at least as long as `x`.
-    fn add(&mut self, x: &[f32], shifted: &mut [f32], e: &mut [f32]) {
-        let mut m = f32::NEG_INFINITY;
-        let mut nan = false;
-        for &v in x {
-            nan |= v.is_nan();
-            m = if v > m { v } else { m };
-        }
-        if nan {
-            self.nan = true;
-            return;
-        }
-        if m == f32::NEG_INFINITY {
-            return;
-        }
-        if m > self.max {
-            if self.max > f32::NEG_INFINITY {
-                self.sum *= (self.max as f64 - m as f64).exp();
-            }
-            self.max = m;
-        }
-        let base = self.max;
-        let (shifted, e) = (&mut shifted[..x.len()], &mut e[..x.len()]);
-        for (s, &v) in shifted.iter_mut().zip(x) {
-            *s = v - base;
-        }
-        fused::exp(shifted, e);
-        self.sum += e
-            .chunks(16)
-            .map(|c| c.iter().map(|&e| e as f64).sum::<f64>())
-            .sum::<f64>();
-    }
-
-    /// `ln Σ exp(logits) − logit[target]` (NaN if a logit was NaN).
-    fn nll(&self) -> f64 {
-        if self.nan {
+/// `ln(eᵃ + eᵇ)` without overflow (`-inf` is the identity; NaN propagates).
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        return if a.is_nan() || b.is_nan() {
             f64::NAN
         } else {
-            self.max as f64 + self.sum.ln() - self.target as f64
-        }
+            hi
+        };
     }
+    hi + (lo - hi).exp().ln_1p()
 }
 
 /// Sum of `−log softmax(logits_t)[ids[t+1]]` over the positions `t` of one window.
 fn window_nll(model: &Llama, window: &[u32], cache: &mut KvCache) -> Result<f64> {
     cache.clear();
     let hidden = model.forward_hidden(window, cache)?;
-    let (d, v) = (model.config.hidden_size, model.config.vocab_size);
+    let v = model.config.vocab_size;
     let rows = window.len() - 1;
-    let hidden = &hidden[..rows * d];
-    let mut loss = vec![RowLoss::EMPTY; rows];
-    let mut logits = vec![0f32; rows * VOCAB_BLOCK.min(v)];
+    let hidden = hidden.narrow(0, 0, rows)?;
+    // Per row: ln Σ exp over the blocks so far, and the target's logit.
+    let mut lse = vec![f64::NEG_INFINITY; rows];
+    let mut target = vec![f64::NAN; rows];
     for v0 in (0..v).step_by(VOCAB_BLOCK) {
         let vb = VOCAB_BLOCK.min(v - v0);
-        let block = &mut logits[..rows * vb];
-        model.logits_block(hidden, rows, v0..v0 + vb, block);
-        let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
-        let run = |(i, (loss, block)): (usize, (&mut [RowLoss], &[f32]))| {
-            let (mut shifted, mut e) = (vec![0f32; vb], vec![0f32; vb]);
-            for (r, (row, x)) in loss.iter_mut().zip(block.chunks(vb)).enumerate() {
-                row.add(x, &mut shifted, &mut e);
-                let id = window[i * per + r + 1] as usize;
-                if (v0..v0 + vb).contains(&id) {
-                    row.target = x[id - v0];
-                }
+        let logits = model.logits_block(&hidden, v0..v0 + vb)?;
+        let block = logits.as_slice::<f32>()?;
+        for (r, l) in logits.logsumexp()?.as_slice::<f64>()?.iter().enumerate() {
+            lse[r] = log_add_exp(lse[r], *l);
+            let id = window[r + 1] as usize;
+            if (v0..v0 + vb).contains(&id) {
+                target[r] = block[r * vb + id - v0] as f64;
             }
-        };
-        loss.par_chunks_mut(per)
-            .zip(block.par_chunks(per * vb))
-            .enumerate()
-            .for_each(run);
+        }
     }
-    Ok(loss.iter().map(RowLoss::nll).sum())
+    Ok(lse.iter().zip(&target).map(|(l, t)| l - t).sum())
 }
 
 /// The perplexity of `model` on the token ids `ids` with windows of `seqlen`; `progress(done,
@@ -256,6 +199,7 @@ pub fn default_eval_files(data_dir: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use crate::config::LlamaConfig;
+    use shears_tensor::{DType, Tensor};
 
     /// The mean NLL straight from the definition: full logits of each window, log-softmax in f64.
     fn nll_by_definition(model: &Llama, ids: &[u32], seqlen: usize) -> f64 {
@@ -263,7 +207,7 @@ mod tests {
         let windows = ids.len() / seqlen;
         let mut sum_of_means = 0.0;
         for w in ids.chunks_exact(seqlen).take(windows) {
-            let mut cache = KvCache::new(&model.config, seqlen);
+            let mut cache = model.new_cache_with_dtype(seqlen, DType::F32).unwrap();
             let logits = model
                 .forward(w, &mut cache)
                 .unwrap()
@@ -310,28 +254,27 @@ mod tests {
         assert_eq!((r.windows, r.scored_tokens), (4, 92));
     }
 
+    /// ln Σ exp over several blocks, combined with `log_add_exp` the way `window_nll` does.
+    fn blocked_lse(blocks: &[&[f32]]) -> f64 {
+        blocks.iter().fold(f64::NEG_INFINITY, |acc, b| {
+            let t = Tensor::from_slice(b, [1, b.len()]).unwrap();
+            log_add_exp(acc, t.logsumexp().unwrap().to_vec::<f64>().unwrap()[0])
+        })
+    }
+
     #[test]
     fn a_nan_logit_poisons_its_row() {
-        let mut row = RowLoss::EMPTY;
-        let (mut s, mut e) = (vec![0f32; 3], vec![0f32; 3]);
-        row.add(&[1.0, 2.0, 3.0], &mut s, &mut e);
-        row.target = 2.0;
-        assert!(row.nll().is_finite());
-        row.add(&[0.0, f32::NAN, 0.0], &mut s, &mut e);
-        assert!(row.nll().is_nan());
+        assert!(blocked_lse(&[&[1.0, 2.0, 3.0]]).is_finite());
+        assert!(blocked_lse(&[&[1.0, 2.0, 3.0], &[0.0, f32::NAN, 0.0]]).is_nan());
+        assert!(blocked_lse(&[&[0.0, f32::NAN], &[1.0, 2.0]]).is_nan());
     }
 
     #[test]
     fn online_blocks_equal_one_pass() {
-        // ln(e^1 + e^-3 + e^5 + e^5 + e^0) in blocks whose maximum rises, then falls (a short
-        // last block with longer scratch).
-        let mut row = RowLoss::EMPTY;
-        let (mut s, mut e) = (vec![0f32; 2], vec![0f32; 2]);
-        row.add(&[1.0, -3.0], &mut s, &mut e);
-        row.add(&[5.0, 5.0], &mut s, &mut e);
-        row.add(&[0.0], &mut s, &mut e);
-        row.target = 0.0;
+        // ln(e^1 + e^-3 + e^5 + e^5 + e^0) in blocks whose maximum rises, then falls; a block of
+        // -inf changes nothing.
+        let got = blocked_lse(&[&[1.0, -3.0], &[5.0, 5.0], &[f32::NEG_INFINITY], &[0.0]]);
         let want = (1f64.exp() + (-3f64).exp() + 2.0 * 5f64.exp() + 1.0).ln();
-        assert!((row.nll() - want).abs() < 1e-6, "{} vs {want}", row.nll());
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 }

@@ -1,21 +1,22 @@
-//! The building blocks of a LLaMA decoder: [`Linear`], [`Embedding`], [`RmsNorm`] and [`Rotary`].
-//! Inference runs on plain `f32` activation buffers handed straight to the SIMD kernels, so a
-//! decode step pays no tensor bookkeeping; the weights are [`Tensor`]s (f32, bf16 or f16, possibly
-//! borrowing a memory-mapped checkpoint).
+//! The building blocks of a LLaMA decoder: [`Linear`], [`Embedding`] and [`RmsNorm`], written on
+//! [`Var`] so that one forward pass serves inference (constants: no graph is recorded), pruning
+//! calibration and training (parameters: gradients flow to them). Weights are f32, bf16 or f16
+//! tensors, possibly borrowing a memory-mapped checkpoint; a linear layer's weight may also be
+//! sparse (the forward pass reads only the kept weights) or dense under a fixed mask (a pruned
+//! weight trained densely).
 //!
 //! ```
+//! use shears_autograd::Var;
 //! use shears_models::layers::Linear;
 //! use shears_tensor::{DType, Tensor};
 //! let w = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], [2, 3])?; // [out = 2, in = 3]
 //! let lin = Linear::new(w.to_dtype(DType::BF16)?)?;
-//! let x = Tensor::from_vec(vec![1f32, 0., -1.], [1, 3])?;
-//! assert_eq!(lin.forward(&x)?.to_vec::<f32>()?, vec![-2., -2.]);
+//! let x = Var::constant(Tensor::from_vec(vec![1f32, 0., -1.], [1, 3])?);
+//! assert_eq!(lin.forward(&x)?.tensor().to_vec::<f32>()?, vec![-2., -2.]);
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 
-use half::{bf16, f16};
-use shears_kernels::fused::{self, RopeLayout};
-use shears_kernels::gemv;
+use shears_autograd::{is_grad_enabled, Var};
 use shears_tensor::sparse::SparseTensor;
 use shears_tensor::{DType, Error, Result, Tensor};
 use std::borrow::Cow;
@@ -25,11 +26,26 @@ use std::borrow::Cow;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Weight {
-    /// A dense, contiguous f32, bf16 or f16 matrix.
-    Dense(Tensor),
-    /// A sparse matrix (bitmask, N:M or CSR) with f32, bf16 or f16 values: the forward pass
-    /// reads only the kept weights, through the sparse kernels.
-    Sparse(SparseTensor),
+    /// A dense, contiguous f32, bf16 or f16 matrix (a constant, or a parameter when trained).
+    Dense(Var),
+    /// A dense matrix trained under a fixed mask (u8 `[out, in]`, 0 = pruned): the pruned entries
+    /// are 0 in the weight and receive a zero gradient, so they stay 0.
+    Masked {
+        /// The weight, 0 at the pruned entries.
+        weight: Var,
+        /// 1 where a weight is kept, 0 where pruned.
+        mask: Tensor,
+    },
+    /// A sparse matrix (bitmask, N:M or CSR) with f32, bf16 or f16 values: the forward pass reads
+    /// only the kept weights through the sparse kernels. `values` are its kept values as a
+    /// [`Var`] (a parameter when they are trained: the structure never changes, so a pruned
+    /// weight cannot come back).
+    Sparse {
+        /// The structure and the values the inference kernels read.
+        weight: SparseTensor,
+        /// The kept values `[nnz]`, as the structure's own values unless trained.
+        values: Var,
+    },
 }
 
 /// `y = x · Wᵀ` (no bias: LLaMA's projections have none).
@@ -37,18 +53,6 @@ pub enum Weight {
 pub struct Linear {
     /// The weight, `[out_features, in_features]`.
     pub weight: Weight,
-}
-
-/// `y[m, rows.len()] = x[m, k] · w[rows]ᵀ` for a dense `[n, k]` weight, at its storage dtype.
-fn dense_nt(w: &Tensor, x: &[f32], m: usize, rows: std::ops::Range<usize>, y: &mut [f32]) {
-    let k = w.dims()[1];
-    let (nb, r) = (rows.len(), rows.start * k..rows.end * k);
-    match w.dtype() {
-        DType::F32 => gemv::matmul_nt(m, nb, k, x, &slice::<f32>(w)[r], y),
-        DType::BF16 => gemv::matmul_nt(m, nb, k, x, &slice::<bf16>(w)[r], y),
-        DType::F16 => gemv::matmul_nt(m, nb, k, x, &slice::<f16>(w)[r], y),
-        other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
-    }
 }
 
 fn check_float_matrix(op: &'static str, w: &Tensor) -> Result<()> {
@@ -62,38 +66,74 @@ fn check_float_matrix(op: &'static str, w: &Tensor) -> Result<()> {
 }
 
 fn check_float(op: &'static str, dtype: DType) -> Result<()> {
-    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
         return Err(Error::UnsupportedDType {
             op,
             dtype,
-            expected: "f32, bf16 or f16 weights",
+            expected: "f32, bf16, f16 (or f64, for gradient checks) weights",
         });
     }
     Ok(())
 }
 
 impl Linear {
-    /// A dense layer from a `[out, in]` weight of dtype f32, bf16 or f16 (made contiguous).
+    /// A dense layer from a `[out, in]` weight of dtype f32, bf16, f16 or f64 (made contiguous).
     pub fn new(weight: Tensor) -> Result<Linear> {
-        check_float_matrix("Linear::new", &weight)?;
+        Self::from_var(Var::constant(weight))
+    }
+    /// A dense layer whose weight is `weight` (a constant or a parameter; a tied output head
+    /// shares the embedding's).
+    pub fn from_var(weight: Var) -> Result<Linear> {
+        check_float_matrix("Linear::new", weight.tensor())?;
+        let weight = if weight.tensor().is_contiguous() {
+            weight
+        } else {
+            Var::constant(weight.tensor().contiguous()?)
+        };
         Ok(Linear {
-            weight: Weight::Dense(weight.contiguous()?),
+            weight: Weight::Dense(weight),
         })
     }
     /// A sparse layer from a `[out, in]` sparse weight with f32, bf16 or f16 values.
     pub fn new_sparse(weight: SparseTensor) -> Result<Linear> {
         check_float("Linear::new_sparse", weight.dtype())?;
+        let values = Var::constant(weight.values().clone());
         Ok(Linear {
-            weight: Weight::Sparse(weight),
+            weight: Weight::Sparse { weight, values },
+        })
+    }
+    /// A dense layer trained under `mask` (`[out, in]`, any dtype, non-zero = kept): pruned
+    /// entries of `weight` are set to 0 and get no gradient.
+    pub fn masked(weight: Var, mask: &Tensor) -> Result<Linear> {
+        check_float_matrix("Linear::masked", weight.tensor())?;
+        if mask.dims() != weight.dims() {
+            return Err(Error::shape_msg(
+                "Linear::masked",
+                mask.shape(),
+                weight.shape(),
+                "the mask must have the weight's shape",
+            ));
+        }
+        let mask = mask.ne_zero()?;
+        let w = weight.tensor();
+        let zeroed = mask.where_cond(w, &w.zeros_like()?)?;
+        let weight = if weight.requires_grad() {
+            Var::param(zeroed)
+        } else {
+            Var::constant(zeroed)
+        };
+        Ok(Linear {
+            weight: Weight::Masked { weight, mask },
         })
     }
     /// The weight as a dense tensor `[out, in]` (a sparse weight is expanded, pruned entries
     /// +0.0).
     pub fn weight_tensor(&self) -> Cow<'_, Tensor> {
         match &self.weight {
-            Weight::Dense(t) => Cow::Borrowed(t),
-            Weight::Sparse(s) => Cow::Owned(
-                s.to_dense()
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => Cow::Borrowed(w.tensor()),
+            Weight::Sparse { weight, .. } => Cow::Owned(
+                weight
+                    .to_dense()
                     .expect("a validated sparse weight expands to a dense one"),
             ),
         }
@@ -101,22 +141,58 @@ impl Linear {
     /// The sparse weight, if the layer holds one.
     pub fn sparse(&self) -> Option<&SparseTensor> {
         match &self.weight {
-            Weight::Dense(_) => None,
-            Weight::Sparse(s) => Some(s),
+            Weight::Sparse { weight, .. } => Some(weight),
+            _ => None,
         }
+    }
+    /// The trainable tensor of the layer: the dense weight `[out, in]`, or the kept values
+    /// `[nnz]` of a sparse one.
+    pub fn var(&self) -> &Var {
+        match &self.weight {
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => w,
+            Weight::Sparse { values, .. } => values,
+        }
+    }
+    /// The 0/1 mask of a masked weight (u8 `[out, in]`), if any.
+    pub fn mask(&self) -> Option<&Tensor> {
+        match &self.weight {
+            Weight::Masked { mask, .. } => Some(mask),
+            _ => None,
+        }
+    }
+    /// Replaces the trainable tensor (see [`var`](Self::var)) with `v` of the same shape, e.g.
+    /// an optimizer's new parameter. A sparse layer's inference values follow.
+    pub fn set_var(&mut self, v: Var) -> Result<()> {
+        if v.dims() != self.var().dims() {
+            return Err(Error::shape_msg(
+                "Linear::set_var",
+                v.shape(),
+                self.var().shape(),
+                "the new value must have the old one's shape",
+            ));
+        }
+        match &mut self.weight {
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => *w = v,
+            Weight::Sparse { weight, values } => {
+                let vals = v.tensor().to_dtype(weight.dtype())?;
+                *weight = weight.with_values(vals)?;
+                *values = v;
+            }
+        }
+        Ok(())
     }
     /// `[out_features, in_features]`.
     pub fn shape(&self) -> [usize; 2] {
         match &self.weight {
-            Weight::Dense(t) => [t.dims()[0], t.dims()[1]],
-            Weight::Sparse(s) => s.shape(),
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => [w.dims()[0], w.dims()[1]],
+            Weight::Sparse { weight, .. } => weight.shape(),
         }
     }
     /// The storage dtype of the weight (of the kept values when sparse).
     pub fn dtype(&self) -> DType {
         match &self.weight {
-            Weight::Dense(t) => t.dtype(),
-            Weight::Sparse(s) => s.dtype(),
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => w.dtype(),
+            Weight::Sparse { weight, .. } => weight.dtype(),
         }
     }
     /// Output width.
@@ -130,130 +206,88 @@ impl Linear {
     /// Bytes of weight read by one forward pass (values, masks and offsets when sparse).
     pub fn weight_bytes(&self) -> usize {
         match &self.weight {
-            Weight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
-            Weight::Sparse(s) => s.weight_bytes(),
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+            Weight::Sparse { weight, .. } => weight.weight_bytes(),
         }
     }
-    /// `y[m, out] = x[m, in] · Wᵀ` on plain buffers. Panics on wrong lengths (callers check).
-    pub fn forward_slice(&self, x: &[f32], m: usize, y: &mut [f32]) {
+    /// `x: (.., in)` → `(.., out)`, `y = x · Wᵀ`. Gradients reach `x` and the weight when they
+    /// require them.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
         match &self.weight {
-            Weight::Dense(w) => dense_nt(w, x, m, 0..self.out_features(), y),
-            Weight::Sparse(s) => s.matmul_nt_slice(x, m, y),
-        }
-    }
-    /// Output features `outs` only: `y[m, outs.len()] = x[m, in] · W[outs]ᵀ` (the logits of one
-    /// vocabulary block). A dense weight multiplies its rows `outs` in place; a sparse one
-    /// computes every output and keeps `outs`. Panics on wrong lengths or a range past
-    /// `out_features`.
-    pub fn forward_outputs_slice(
-        &self,
-        x: &[f32],
-        m: usize,
-        outs: std::ops::Range<usize>,
-        y: &mut [f32],
-    ) {
-        let n = self.out_features();
-        assert!(
-            outs.start <= outs.end && outs.end <= n,
-            "Linear: outputs {outs:?} of {n}"
-        );
-        match &self.weight {
-            Weight::Dense(w) => dense_nt(w, x, m, outs, y),
-            Weight::Sparse(s) => {
-                let mut all = vec![0f32; m * n];
-                s.matmul_nt_slice(x, m, &mut all);
-                for (dst, src) in y.chunks_mut(outs.len().max(1)).zip(all.chunks(n)) {
-                    dst.copy_from_slice(&src[outs.clone()]);
+            Weight::Dense(w) => x.matmul_nt(w),
+            Weight::Masked { weight, mask } => x.matmul_nt_masked(weight, mask),
+            Weight::Sparse { weight, values } => {
+                if is_grad_enabled() && (x.requires_grad() || values.requires_grad()) {
+                    x.sparse_linear(values, weight)
+                } else {
+                    Ok(Var::constant(weight.matmul_nt(x.tensor())?))
                 }
             }
         }
     }
-    /// Several layers with the same input, `ys[i][m, outᵢ] = x[m, in] · Wᵢᵀ`, as one parallel
-    /// region when their weights are dense and share a dtype (Q/K/V, gate/up). Panics on wrong
-    /// lengths.
-    pub fn forward_many(layers: &[&Linear], x: &[f32], m: usize, ys: &mut [&mut [f32]]) {
-        assert_eq!(layers.len(), ys.len(), "Linear::forward_many: outputs");
-        let Some(first) = layers.first() else { return };
-        let k = first.in_features();
-        let dt = first.dtype();
-        let dense: Option<Vec<&Tensor>> = layers
+    /// Several layers with the same input, `x · Wᵢᵀ` each: one parallel region for the decode
+    /// shapes when their weights are dense and share a dtype (Q/K/V, gate/up), one sparse scope
+    /// when they are sparse.
+    pub fn forward_many(layers: &[&Linear], x: &Var) -> Result<Vec<Var>> {
+        let dense: Option<Vec<&Var>> = layers
             .iter()
             .map(|l| match &l.weight {
-                Weight::Dense(t) if l.in_features() == k && t.dtype() == dt => Some(t),
+                Weight::Dense(w) => Some(w),
                 _ => None,
             })
             .collect();
-        let Some(dense) = dense else {
-            // Sparse (or mixed) layers: one scope, so the threads balance over every layer's row
-            // tasks instead of meeting at a join after each layer.
-            rayon::scope(|s| {
-                for (l, y) in layers.iter().zip(ys.iter_mut()) {
-                    s.spawn(move |_| l.forward_slice(x, m, y));
+        if let Some(ws) = dense {
+            return x.matmul_nt_many(&ws);
+        }
+        let recording = is_grad_enabled()
+            && (x.requires_grad() || layers.iter().any(|l| l.var().requires_grad()));
+        let sparse: Option<Vec<&SparseTensor>> = layers.iter().map(|l| l.sparse()).collect();
+        match sparse {
+            Some(ws) if !recording => {
+                let outs = SparseTensor::matmul_nt_many(&ws, x.tensor())?;
+                Ok(outs.into_iter().map(Var::constant).collect())
+            }
+            _ => layers.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+    /// Output features `outs` only, inference: `x: (.., in)` → `(.., outs.len())` (the logits of
+    /// one vocabulary block). A dense weight multiplies its rows `outs` in place; a sparse one
+    /// computes every output and keeps `outs`.
+    pub fn forward_rows(&self, x: &Tensor, outs: std::ops::Range<usize>) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Dense(w) | Weight::Masked { weight: w, .. } => {
+                x.matmul_nt_rows(w.tensor(), outs)
+            }
+            Weight::Sparse { weight, .. } => {
+                let n = weight.shape()[0];
+                if outs.start > outs.end || outs.end > n {
+                    return Err(Error::invalid(
+                        "Linear::forward_rows",
+                        format!("outputs {outs:?} of {n}"),
+                    ));
                 }
-            });
-            return;
-        };
-        let ns: Vec<usize> = layers.iter().map(|l| l.out_features()).collect();
-        fn many<W: gemv::WeightElem + shears_tensor::WithDType>(
-            ws: &[&Tensor],
-            m: usize,
-            k: usize,
-            x: &[f32],
-            ns: &[usize],
-            ys: &mut [&mut [f32]],
-        ) {
-            let ws: Vec<&[W]> = ws.iter().map(|w| slice::<W>(w)).collect();
-            gemv::matmul_nt_many(m, k, x, &ws, ns, ys);
+                let all = weight.matmul_nt(x)?;
+                all.narrow(-1, outs.start, outs.len())?.contiguous()
+            }
         }
-        match dt {
-            DType::F32 => many::<f32>(&dense, m, k, x, &ns, ys),
-            DType::BF16 => many::<bf16>(&dense, m, k, x, &ns, ys),
-            DType::F16 => many::<f16>(&dense, m, k, x, &ns, ys),
-            other => unreachable!("Linear holds a {other:?} weight (checked at construction)"),
-        }
-    }
-    /// `x: (..., in)` f32 → `(..., out)` f32.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.in_features();
-        if x.rank() == 0 || *x.dims().last().unwrap() != k || x.dtype() != DType::F32 {
-            return Err(Error::invalid(
-                "Linear::forward",
-                format!(
-                    "expected f32 input (..., {k}), got {:?} {}",
-                    x.dtype(),
-                    x.shape()
-                ),
-            ));
-        }
-        let x = x.contiguous()?;
-        let m = x.elem_count() / k.max(1);
-        let mut y = vec![0f32; m * self.out_features()];
-        self.forward_slice(x.as_slice::<f32>()?, m, &mut y);
-        let mut dims = x.dims().to_vec();
-        *dims.last_mut().unwrap() = self.out_features();
-        Tensor::from_vec(y, dims)
     }
 }
 
-/// A contiguous tensor's elements; the dtype was checked by the caller.
-fn slice<T: shears_tensor::WithDType>(t: &Tensor) -> &[T] {
-    t.as_slice::<T>()
-        .expect("layer weights are contiguous and of the checked dtype")
-}
-
-/// A token embedding table `[vocab, hidden]` (f32, bf16 or f16).
+/// A token embedding table `[vocab, hidden]` (f32, bf16 or f16; f64 for gradient checks).
 #[derive(Debug, Clone)]
 pub struct Embedding {
     /// The table, `[vocab, hidden]`.
-    pub weight: Tensor,
+    pub weight: Var,
 }
 
 impl Embedding {
-    /// Wraps a `[vocab, hidden]` table (made contiguous).
+    /// Wraps a `[vocab, hidden]` table (made contiguous) as a constant.
     pub fn new(weight: Tensor) -> Result<Embedding> {
         check_float_matrix("Embedding::new", &weight)?;
         Ok(Embedding {
-            weight: weight.contiguous()?,
+            weight: Var::constant(weight.contiguous()?),
         })
     }
     /// Vocabulary size.
@@ -264,42 +298,25 @@ impl Embedding {
     pub fn hidden_size(&self) -> usize {
         self.weight.dims()[1]
     }
-    /// Writes the rows of `ids` into `out: [ids.len(), hidden]`; an id ≥ vocab is an error.
-    pub fn forward_slice(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
-        let (v, d) = (self.vocab_size(), self.hidden_size());
-        assert_eq!(out.len(), ids.len() * d, "Embedding: out length");
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-            return Err(Error::IndexOutOfRange {
-                op: "embedding",
-                index: bad as i64,
-                dim: 0,
-                size: v,
-            });
-        }
-        for (&id, row) in ids.iter().zip(out.chunks_mut(d.max(1))) {
-            let r = id as usize * d..(id as usize + 1) * d;
-            match self.weight.dtype() {
-                DType::F32 => row.copy_from_slice(&slice::<f32>(&self.weight)[r]),
-                DType::BF16 => fused::bf16_to_f32(&slice::<bf16>(&self.weight)[r], row),
-                DType::F16 => fused::f16_to_f32(&slice::<f16>(&self.weight)[r], row),
-                other => unreachable!("Embedding holds a {other:?} table (checked)"),
-            }
-        }
-        Ok(())
+    /// `ids: (..)` u32 token ids → `(.., hidden)` in `dtype` (f32 for a half-precision table);
+    /// an id ≥ vocab is an error.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Var> {
+        self.weight.embedding(ids)?.to_dtype(dtype)
     }
 }
 
-/// RMSNorm with a learned gain (kept in f32 whatever the checkpoint's dtype).
+/// RMSNorm with a learned gain (kept in f32 whatever the checkpoint's dtype; f64 for gradient
+/// checks).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    /// The gain, `[hidden]`, f32.
-    pub weight: Tensor,
+    /// The gain, `[hidden]`.
+    pub weight: Var,
     /// Added to the mean square before the square root.
-    pub eps: f32,
+    pub eps: f64,
 }
 
 impl RmsNorm {
-    /// From a `[hidden]` gain of any float dtype.
+    /// From a `[hidden]` gain of any float dtype (stored f32, or f64 when given f64).
     pub fn new(weight: Tensor, eps: f64) -> Result<RmsNorm> {
         if weight.rank() != 1 {
             return Err(Error::invalid(
@@ -307,54 +324,18 @@ impl RmsNorm {
                 format!("expected a rank-1 gain, got shape {}", weight.shape()),
             ));
         }
+        let dt = if weight.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         Ok(RmsNorm {
-            weight: weight.to_dtype(DType::F32)?.contiguous()?,
-            eps: eps as f32,
+            weight: Var::constant(weight.to_dtype(dt)?.contiguous()?),
+            eps,
         })
     }
-    /// `out = x / sqrt(mean(x²) + eps) · g` per row of `x: [rows, hidden]`.
-    pub fn forward_slice(&self, x: &[f32], out: &mut [f32]) {
-        fused::rms_norm(x, slice::<f32>(&self.weight), self.eps, out)
-    }
-}
-
-/// Rotary position embedding tables and the pair layout of the checkpoint's Q/K rows.
-#[derive(Debug, Clone)]
-pub struct Rotary {
-    /// `cos(p·θᵢ)`, `[max_pos, head_dim/2]`.
-    cos: Vec<f32>,
-    /// `sin(p·θᵢ)`, `[max_pos, head_dim/2]`.
-    sin: Vec<f32>,
-    /// Width of one head.
-    pub head_dim: usize,
-    /// Positions the tables cover.
-    pub max_pos: usize,
-    /// Which dims form the rotated pairs: HF checkpoints use half-split, GGUF files interleaved.
-    pub layout: RopeLayout,
-}
-
-impl Rotary {
-    /// Tables for `max_pos` positions with base `theta`.
-    pub fn new(head_dim: usize, max_pos: usize, theta: f64, layout: RopeLayout) -> Rotary {
-        let (cos, sin) = fused::rope_tables(head_dim, max_pos, theta as f32);
-        Rotary {
-            cos,
-            sin,
-            head_dim,
-            max_pos,
-            layout,
-        }
-    }
-    /// Rotates `x: [positions.len(), heads, head_dim]` in place.
-    pub fn apply(&self, x: &mut [f32], heads: usize, positions: &[usize]) {
-        fused::rope(
-            x,
-            heads,
-            self.head_dim,
-            positions,
-            &self.cos,
-            &self.sin,
-            self.layout,
-        )
+    /// `x / sqrt(mean(x²) + eps) · g` over the last dim of `x: (.., hidden)`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        x.rms_norm(&self.weight, self.eps)
     }
 }

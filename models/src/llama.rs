@@ -3,16 +3,23 @@
 //! a KV cache for incremental decoding. Struct fields equal the HF checkpoint keys
 //! (`model.layers.N.self_attn.q_proj.weight` is `llama.model.layers[N].self_attn.q_proj`).
 //!
+//! The model is written once, on [`Var`] operations: inference, pruning calibration and training
+//! run the same [`DecoderLayer::forward`]. With constant weights nothing is recorded (inference
+//! pays one branch per op); with parameters (see [`Llama::set_trainable`]) the same pass records
+//! the graph, batched over sequences, with per-layer hidden states and optional activation
+//! checkpointing ([`ForwardOptions`]). Layers may differ in their numbers of heads and MLP width
+//! (read from the weights).
+//!
 //! ```
 //! use shears_models::config::LlamaConfig;
-//! use shears_models::llama::{KvCache, Llama};
+//! use shears_models::llama::Llama;
 //! let json = r#"{"model_type": "llama", "vocab_size": 50, "hidden_size": 32,
 //!   "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
 //!   "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
 //!   "tie_word_embeddings": true}"#;
 //! let config = LlamaConfig::from_json_str(json, "config.json".as_ref())?;
 //! let model = Llama::random(&config, 0)?;
-//! let mut cache = KvCache::new(&config, 16);
+//! let mut cache = model.new_cache(16)?;
 //! let logits = model.forward(&[1, 2, 3], &mut cache)?; // prefill: [3, 50]
 //! assert_eq!(logits.dims(), &[3, 50]);
 //! let next = model.forward(&[4], &mut cache)?; // one decode step, position 3
@@ -20,17 +27,16 @@
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 
-use crate::config::LlamaConfig;
-use crate::layers::{Embedding, Linear, RmsNorm, Rotary};
-use half::{bf16, f16};
-use rayon::prelude::*;
-use shears_kernels::fused::{self, RopeLayout};
-use shears_kernels::gemm::{gemm, MatRef};
-use shears_kernels::gemv::WeightElem;
-use shears_tensor::{DType, Error, Result, Tensor};
+use crate::config::{LayerShape, LlamaConfig};
+use crate::layers::{Embedding, Linear, RmsNorm};
+use shears_autograd::{is_grad_enabled, no_grad, Var};
+pub use shears_tensor::kv::KvCache;
+use shears_tensor::{DType, Error, Result, RopeLayout, RopeTables, Tensor};
 use std::borrow::Cow;
+use std::sync::Arc;
 
-/// Causal self-attention with grouped-query heads.
+/// Causal self-attention with grouped-query heads. The numbers of query and KV heads are those
+/// of the weights (`q_proj` rows / `head_dim`, `k_proj` rows / `head_dim`).
 #[derive(Debug, Clone)]
 pub struct Attention {
     /// `[heads · head_dim, hidden]`
@@ -41,6 +47,8 @@ pub struct Attention {
     pub v_proj: Linear,
     /// `[hidden, heads · head_dim]`
     pub o_proj: Linear,
+    /// Rotary tables (shared by every layer) and the Q/K pair layout of the loaded weights.
+    pub rope: Arc<RopeTables>,
 }
 
 /// The SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))` (Shazeer 2020, "GLU Variants Improve
@@ -82,563 +90,139 @@ pub struct LlamaModel {
 /// A LLaMA causal language model.
 #[derive(Debug, Clone)]
 pub struct Llama {
-    /// The configuration.
+    /// The configuration (its per-layer shapes are those of the weights).
     pub config: LlamaConfig,
     /// The decoder.
     pub model: LlamaModel,
-    /// The output head `[vocab, hidden]`; shares the embedding's storage when tied.
+    /// The output head `[vocab, hidden]`; shares the embedding's storage (and, when trained, its
+    /// parameter) when tied.
     pub lm_head: Linear,
-    /// Rotary tables and the Q/K pair layout of the loaded weights.
-    pub rotary: Rotary,
     /// Storage dtype of the KV caches [`new_cache`](Self::new_cache) makes: f32, bf16 or f16.
     /// [`Llama::new`] sets the weights' dtype (as HF transformers does; a half cache reads half
     /// the bytes per decode step).
     pub kv_dtype: DType,
 }
 
-/// Keys and values of the positions seen so far, per layer, stored as f32, bf16 or f16 (rounded
-/// to nearest even when written; attention widens them back to f32): keys in blocks of 16
-/// positions `[kv_heads, ⌈capacity/16⌉, head_dim, 16]` (the layout of [`fused::attend`]: a decode
-/// step scores 16 positions per FMA and streams the keys in order), values `[kv_heads, capacity,
-/// head_dim]`. Every attention read, prefill included, goes through the stored values, so one
-/// prefill and token-by-token decoding see the same keys and values.
+/// What a forward pass returns besides the final hidden states.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Also return every decoder layer's output hidden state (layer-wise distillation).
+    pub hidden_states: bool,
+    /// Activation checkpointing per decoder layer when recording a graph: keep each layer's
+    /// input and recompute the layer in the backward pass.
+    pub checkpointing: bool,
+}
+
+/// The result of [`Llama::forward_batch`].
 #[derive(Debug, Clone)]
-pub struct KvCache {
-    kt: Vec<KvBuf>,
-    v: Vec<KvBuf>,
-    len: usize,
-    capacity: usize,
-    kv_heads: usize,
-    head_dim: usize,
+pub struct ForwardOutput {
+    /// The final norm's output, `(batch, seq, hidden)`.
+    pub hidden: Var,
+    /// Each decoder layer's output `(batch, seq, hidden)`, when asked for.
+    pub layers: Vec<Var>,
 }
-
-/// One layer's keys or values in the cache's storage dtype.
-#[derive(Debug, Clone)]
-enum KvBuf {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
-    F16(Vec<f16>),
-}
-
-impl KvBuf {
-    fn zeros(dtype: DType, len: usize) -> KvBuf {
-        match dtype {
-            DType::BF16 => KvBuf::Bf16(vec![bf16::ZERO; len]),
-            DType::F16 => KvBuf::F16(vec![f16::ZERO; len]),
-            _ => KvBuf::F32(vec![0.0; len]),
-        }
-    }
-    fn len(&self) -> usize {
-        match self {
-            KvBuf::F32(b) => b.len(),
-            KvBuf::Bf16(b) => b.len(),
-            KvBuf::F16(b) => b.len(),
-        }
-    }
-    fn elem_bytes(&self) -> usize {
-        match self {
-            KvBuf::F32(_) => 4,
-            _ => 2,
-        }
-    }
-    /// `self[at + i] = src[i]` (rounded to the storage dtype).
-    fn write(&mut self, at: usize, src: &[f32]) {
-        match self {
-            KvBuf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
-            KvBuf::Bf16(b) => fused::f32_to_bf16(src, &mut b[at..at + src.len()]),
-            KvBuf::F16(b) => fused::f32_to_f16(src, &mut b[at..at + src.len()]),
-        }
-    }
-    /// `self[idx(i)] = src[i]` (rounded to the storage dtype).
-    fn scatter(&mut self, src: &[f32], idx: impl Fn(usize) -> usize) {
-        match self {
-            KvBuf::F32(b) => src.iter().enumerate().for_each(|(i, &e)| b[idx(i)] = e),
-            KvBuf::Bf16(b) => src
-                .iter()
-                .enumerate()
-                .for_each(|(i, &e)| b[idx(i)] = bf16::from_f32(e)),
-            KvBuf::F16(b) => src
-                .iter()
-                .enumerate()
-                .for_each(|(i, &e)| b[idx(i)] = f16::from_f32(e)),
-        }
-    }
-    /// Elements `range` widened to f32 (borrowed when stored as f32).
-    fn f32_range(&self, range: std::ops::Range<usize>) -> Cow<'_, [f32]> {
-        match self {
-            KvBuf::F32(b) => Cow::Borrowed(&b[range]),
-            KvBuf::Bf16(b) => Cow::Owned(b[range].iter().map(|e| e.to_f32()).collect()),
-            KvBuf::F16(b) => Cow::Owned(b[range].iter().map(|e| e.to_f32()).collect()),
-        }
-    }
-    /// The keys of positions `0..l` of the group whose blocked keys start at `base`, as one
-    /// `[hd, l]` f32 matrix.
-    fn key_matrix(&self, base: usize, hd: usize, l: usize) -> Vec<f32> {
-        fn go<W: WeightElem>(kg: &[W], hd: usize, l: usize) -> Vec<f32> {
-            let mut kt = vec![0f32; hd * l];
-            for (i, row) in kt.chunks_mut(l.max(1)).enumerate() {
-                for (j, e) in row.iter_mut().enumerate() {
-                    *e = kg[fused::key_index(j, i, hd)].to_f32();
-                }
-            }
-            kt
-        }
-        match self {
-            KvBuf::F32(b) => go(&b[base..], hd, l),
-            KvBuf::Bf16(b) => go(&b[base..], hd, l),
-            KvBuf::F16(b) => go(&b[base..], hd, l),
-        }
-    }
-}
-
-impl KvCache {
-    /// An empty f32 cache for up to `capacity` positions ([`Llama::new_cache`] makes one in the
-    /// model's [`kv_dtype`](Llama::kv_dtype)).
-    pub fn new(config: &LlamaConfig, capacity: usize) -> KvCache {
-        Self::build(config, config.num_hidden_layers, capacity, DType::F32)
-    }
-
-    /// An empty cache for up to `capacity` positions storing keys and values as `dtype` (f32,
-    /// bf16 or f16; any other dtype is an error).
-    pub fn with_dtype(config: &LlamaConfig, capacity: usize, dtype: DType) -> Result<KvCache> {
-        match dtype {
-            DType::F32 | DType::BF16 | DType::F16 => Ok(Self::build(
-                config,
-                config.num_hidden_layers,
-                capacity,
-                dtype,
-            )),
-            dtype => Err(Error::UnsupportedDType {
-                op: "KvCache",
-                dtype,
-                expected: "an f32, bf16 or f16 KV cache",
-            }),
-        }
-    }
-
-    /// A cache of `layers` layers (the model's, or one for a single layer's calibration pass).
-    fn build(config: &LlamaConfig, layers: usize, capacity: usize, dtype: DType) -> KvCache {
-        let per_layer = config.num_key_value_heads * capacity * config.head_dim;
-        let keys = config.num_key_value_heads * key_group_len(capacity, config.head_dim);
-        KvCache {
-            kt: (0..layers).map(|_| KvBuf::zeros(dtype, keys)).collect(),
-            v: (0..layers)
-                .map(|_| KvBuf::zeros(dtype, per_layer))
-                .collect(),
-            len: 0,
-            capacity,
-            kv_heads: config.num_key_value_heads,
-            head_dim: config.head_dim,
-        }
-    }
-
-    /// The storage dtype of keys and values.
-    pub fn dtype(&self) -> DType {
-        match self.v.first() {
-            Some(KvBuf::Bf16(_)) => DType::BF16,
-            Some(KvBuf::F16(_)) => DType::F16,
-            _ => DType::F32,
-        }
-    }
-    /// Positions stored.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// True before the first forward pass.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Positions it can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-    /// Forgets every position (keeps the memory).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-    /// Bytes of key/value storage.
-    pub fn bytes(&self) -> usize {
-        self.kt
-            .iter()
-            .chain(&self.v)
-            .map(|b| b.len() * b.elem_bytes())
-            .sum()
-    }
-}
-
-/// Floats of one KV head's keys in the blocked layout.
-fn key_group_len(capacity: usize, head_dim: usize) -> usize {
-    capacity.next_multiple_of(fused::KEY_BLOCK) * head_dim
-}
-
-/// Below this many score entries per head, heads run one after another (rayon's fork/join costs
-/// more than the work).
-const PAR_HEADS_MIN: usize = 256;
 
 impl Attention {
-    /// `x: [t, hidden]` (already normed) at positions `offset..offset + t` → `out: [t, hidden]`;
-    /// appends this step's keys and values to `layer`'s cache.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        c: &LlamaConfig,
-        rotary: &Rotary,
-        x: &[f32],
-        t: usize,
-        cache: &mut KvCache,
-        layer: usize,
-        out: &mut [f32],
-    ) {
-        let merged = self.context(c, rotary, x, t, cache, layer);
-        self.o_proj.forward_slice(&merged, t, out);
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.rope.head_dim
+    }
+    /// Query heads (from `q_proj`'s rows).
+    pub fn num_heads(&self) -> usize {
+        self.q_proj.out_features() / self.head_dim()
+    }
+    /// Key/value heads (from `k_proj`'s rows).
+    pub fn num_kv_heads(&self) -> usize {
+        self.k_proj.out_features() / self.head_dim()
     }
 
-    /// The attention context before `o_proj`: `x: [t, hidden]` (normed) → `[t, heads · head_dim]`,
-    /// row `s` holding heads `0..heads`; appends the keys and values to `layer`'s cache.
-    fn context(
-        &self,
-        c: &LlamaConfig,
-        rotary: &Rotary,
-        x: &[f32],
-        t: usize,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Vec<f32> {
-        let (h, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let p = cache.len;
-        let positions: Vec<usize> = (p..p + t).collect();
-        let mut q = vec![0f32; t * h * hd];
-        let mut k = vec![0f32; t * kvh * hd];
-        let mut v = vec![0f32; t * kvh * hd];
-        Linear::forward_many(
-            &[&self.q_proj, &self.k_proj, &self.v_proj],
-            x,
-            t,
-            &mut [&mut q, &mut k, &mut v],
-        );
-        rotary.apply(&mut q, h, &positions);
-        rotary.apply(&mut k, kvh, &positions);
-        // Fold the 1/√d score scale into q once.
-        let scale = 1.0 / (hd as f32).sqrt();
-        q.iter_mut().for_each(|e| *e *= scale);
-        let cap = cache.capacity;
-        let gsz = key_group_len(cap, hd);
-        let (kc, vc) = (&mut cache.kt[layer], &mut cache.v[layer]);
-        for s in 0..t {
-            for g in 0..kvh {
-                let src = (s * kvh + g) * hd;
-                kc.scatter(&k[src..src + hd], |i| {
-                    g * gsz + fused::key_index(p + s, i, hd)
-                });
-                vc.write((g * cap + p + s) * hd, &v[src..src + hd]);
-            }
-        }
-        let l = p + t;
-        let (kc, vc) = (&cache.kt[layer], &cache.v[layer]);
-        let groups = h / kvh;
-        if t <= DIRECT_MAX_ROWS {
-            return match (kc, vc) {
-                (KvBuf::F32(kc), KvBuf::F32(vc)) => {
-                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
-                }
-                (KvBuf::Bf16(kc), KvBuf::Bf16(vc)) => {
-                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
-                }
-                (KvBuf::F16(kc), KvBuf::F16(vc)) => {
-                    decode_attention(&q, kc, vc, cap, h, groups, hd, p, t)
-                }
-                _ => unreachable!("keys and values share one dtype"),
-            };
-        }
-        // Each group's keys as one `[hd, l]` f32 matrix for the score GEMMs, and its values
-        // `[l, hd]`.
-        let kts: Vec<Vec<f32>> = (0..kvh).map(|g| kc.key_matrix(g * gsz, hd, l)).collect();
-        let vs: Vec<Cow<[f32]>> = (0..kvh)
-            .map(|g| vc.f32_range(g * cap * hd..(g * cap + l) * hd))
-            .collect();
-        // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`,
-        // as two GEMMs.
-        let head = |(hh, ctx): (usize, &mut [f32])| {
-            let g = hh / groups;
-            let ktg = &kts[g];
-            let vg = &vs[g][..];
-            let mut scores = vec![0f32; t * l];
-            // scores[t, l] = q_h[t, hd] · K_gᵀ
-            gemm(
-                t,
-                l,
-                hd,
-                MatRef::new(&q[hh * hd..], h * hd, 1),
-                MatRef::new(ktg, l, 1),
-                &mut scores,
-            );
-            fused::softmax_causal_inplace(&mut scores, t, l, p);
-            // ctx[t, hd] = P[t, l] · V_g[l, hd]
-            gemm(
-                t,
-                hd,
-                l,
-                MatRef::new(&scores, l, 1),
-                MatRef::new(vg, hd, 1),
-                ctx,
-            );
+    /// The attention context before `o_proj`: `xn: (batch, seq, hidden)` (normed) → `(batch,
+    /// seq, heads · head_dim)`, each position attending causally over the sequence, or, with
+    /// `cache = Some((cache, layer))` (batch 1, inference), over the cached positions too; the
+    /// new keys and values are written to the cache's `layer`.
+    pub fn context(&self, xn: &Var, cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
+        let (b, t) = (xn.dims()[0], xn.dims()[1]);
+        let (h, kvh, hd) = (self.num_heads(), self.num_kv_heads(), self.head_dim());
+        let qkv = Linear::forward_many(&[&self.q_proj, &self.k_proj, &self.v_proj], xn)?;
+        let offset = cache.as_ref().map_or(0, |(c, _)| c.len());
+        let q = qkv[0].reshape([b, t, h, hd])?.rope(&self.rope, offset)?;
+        let k = qkv[1].reshape([b, t, kvh, hd])?.rope(&self.rope, offset)?;
+        let v = qkv[2].reshape([b, t, kvh, hd])?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let ctx = match cache {
+            Some((c, layer)) => q.attend_cached(&k, &v, c, layer, scale)?,
+            None => Var::causal_attention(&q, &k, &v, scale)?,
         };
-        let mut per_head = vec![0f32; h * t * hd];
-        if t * l >= PAR_HEADS_MIN {
-            per_head.par_chunks_mut(t * hd).enumerate().for_each(head);
-        } else {
-            per_head.chunks_mut(t * hd).enumerate().for_each(head);
-        }
-        // Back to the token-major layout o_proj reads: row s holds heads 0..h.
-        let mut merged = vec![0f32; t * h * hd];
-        for hh in 0..h {
-            for s in 0..t {
-                merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
-                    .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
-            }
-        }
-        merged
+        ctx.reshape([b, t, h * hd])
     }
-}
-
-/// Up to this many new positions, attention runs row by row on the cache (decode); above, as
-/// GEMMs per head (prefill).
-const DIRECT_MAX_ROWS: usize = 4;
-
-/// Decode attention splits the cached positions into parts of at least this many, one per thread
-/// (flash-decoding): each part's keys and values are read by one thread only, and the threads
-/// balance whatever the number of heads.
-const SPLIT_MIN: usize = 128;
-
-/// Attention of `t ≤ DIRECT_MAX_ROWS` new rows (positions `p..p + t`, already in the cache) over
-/// the cache: `q: [t, h·hd]` (rotated, scaled), `kc: [kv_heads, hd, cap]`, `vc: [kv_heads, cap,
-/// hd]` → `[t, h·hd]`. The positions are split into parts computed in parallel, each over every
-/// head, then merged.
-#[allow(clippy::too_many_arguments)]
-fn decode_attention<W: WeightElem>(
-    q: &[f32],
-    kc: &[W],
-    vc: &[W],
-    cap: usize,
-    h: usize,
-    groups: usize,
-    hd: usize,
-    p: usize,
-    t: usize,
-) -> Vec<f32> {
-    let l = p + t;
-    let parts = (l / SPLIT_MIN).clamp(1, rayon::current_num_threads().max(1));
-    // Parts start on key blocks.
-    let chunk = l.div_ceil(parts).next_multiple_of(fused::KEY_BLOCK);
-    // Part c's unnormalised outputs `[t·h, hd]` and statistics `[t·h]`.
-    let mut outs = vec![0f32; parts * t * h * hd];
-    let mut stats = vec![(f32::NEG_INFINITY, 0f32); parts * t * h];
-    let gsz = key_group_len(cap, hd);
-    let part = |c: usize, out: &mut [f32], st: &mut [(f32, f32)]| {
-        let mut scores = vec![0f32; groups * fused::scores_len(chunk)];
-        for g in 0..h / groups {
-            let kg = &kc[g * gsz..(g + 1) * gsz];
-            let vg = &vc[g * cap * hd..(g + 1) * cap * hd];
-            for s in 0..t {
-                let end = (p + s + 1).min((c + 1) * chunk);
-                let range = (c * chunk).min(end)..end;
-                // The group's heads of row s are consecutive in q, out and st.
-                let (i0, i1) = (s * h + g * groups, s * h + (g + 1) * groups);
-                fused::attend_part_many(
-                    &q[i0 * hd..i1 * hd],
-                    kg,
-                    vg,
-                    range,
-                    &mut scores,
-                    &mut out[i0 * hd..i1 * hd],
-                    &mut st[i0..i1],
-                );
-            }
-        }
-    };
-    let per_out = t * h * hd;
-    if parts > 1 {
-        outs.par_chunks_mut(per_out)
-            .zip(stats.par_chunks_mut(t * h))
-            .enumerate()
-            .for_each(|(c, (out, st))| part(c, out, st));
-    } else {
-        part(0, &mut outs, &mut stats);
-    }
-    let mut merged = vec![0f32; t * h * hd];
-    let mut ps = vec![(0f32, 0f32); parts];
-    let mut os = vec![0f32; parts * hd];
-    for (i, dst) in merged.chunks_mut(hd).enumerate() {
-        for c in 0..parts {
-            ps[c] = stats[c * t * h + i];
-            os[c * hd..(c + 1) * hd]
-                .copy_from_slice(&outs[c * per_out + i * hd..c * per_out + (i + 1) * hd]);
-        }
-        fused::attend_merge(&ps, &os, dst);
-    }
-    merged
 }
 
 impl Mlp {
-    /// `x: [t, hidden]` (already normed) → `out: [t, hidden]`.
-    fn forward(&self, x: &[f32], t: usize, out: &mut [f32]) {
-        let act = self.activation(x, t);
-        self.down_proj.forward_slice(&act, t, out);
+    /// The input of `down_proj`: `silu(gate(x)) ⊙ up(x)`, `(.., hidden)` → `(.., intermediate)`.
+    pub fn activation(&self, xn: &Var) -> Result<Var> {
+        let gu = Linear::forward_many(&[&self.gate_proj, &self.up_proj], xn)?;
+        gu[0].silu_mul(&gu[1])
     }
-
-    /// The input of `down_proj`: `silu(gate(x)) ⊙ up(x)`, `x: [t, hidden]` → `[t, intermediate]`.
-    pub fn activation(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let f = self.gate_proj.out_features();
-        let mut gate = vec![0f32; t * f];
-        let mut up = vec![0f32; t * f];
-        in_pool(|| {
-            Linear::forward_many(
-                &[&self.gate_proj, &self.up_proj],
-                x,
-                t,
-                &mut [&mut gate, &mut up],
-            )
-        });
-        let mut act = vec![0f32; t * f];
-        fused::silu_mul(&gate, &up, &mut act);
-        act
+    /// `down(silu(gate(x)) ⊙ up(x))`.
+    pub fn forward(&self, xn: &Var) -> Result<Var> {
+        self.down_proj.forward(&self.activation(xn)?)
     }
 }
 
-/// Stage by stage access to one decoder layer on one window at positions `0..t` with no cache,
-/// for layer-wise calibration (pruning observes the input of each projection group, prunes it,
-/// then runs the next stage with the pruned weights).
+/// The stages of a decoder layer, which [`forward`](Self::forward) composes and layer-wise
+/// calibration calls one at a time (pruning observes the input of each projection group, prunes
+/// it, then runs the next stage with the pruned weights).
 impl DecoderLayer {
-    /// The input of `q_proj`, `k_proj` and `v_proj`: `input_layernorm(x)`, `x: [t, hidden]`.
-    pub fn attention_input(&self, x: &[f32]) -> Vec<f32> {
-        let mut xn = vec![0f32; x.len()];
-        self.input_layernorm.forward_slice(x, &mut xn);
-        xn
+    /// The input of `q_proj`, `k_proj` and `v_proj`: `input_layernorm(x)`.
+    pub fn attention_input(&self, x: &Var) -> Result<Var> {
+        self.input_layernorm.forward(x)
     }
-
-    /// The input of `o_proj`: causal attention over positions `0..t` of the normed window
-    /// `xn: [t, hidden]` → `[t, heads · head_dim]`.
-    pub fn attention_context(
-        &self,
-        c: &LlamaConfig,
-        rotary: &Rotary,
-        xn: &[f32],
-        t: usize,
-    ) -> Vec<f32> {
-        let mut cache = KvCache::build(c, 1, t, DType::F32);
-        in_pool(|| self.self_attn.context(c, rotary, xn, t, &mut cache, 0))
+    /// The input of `o_proj`: see [`Attention::context`].
+    pub fn attention_context(&self, xn: &Var, cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
+        self.self_attn.context(xn, cache)
     }
-
-    /// `x += o_proj(ctx)`: the residual stream after attention, in place (`ctx` from
-    /// [`attention_context`](Self::attention_context)).
-    pub fn attention_residual(&self, x: &mut [f32], ctx: &[f32], t: usize) {
-        let mut y = vec![0f32; x.len()];
-        in_pool(|| self.self_attn.o_proj.forward_slice(ctx, t, &mut y));
-        fused::add_assign(x, &y);
+    /// `x + o_proj(ctx)`: the residual stream after attention.
+    pub fn attention_residual(&self, x: &Var, ctx: &Var) -> Result<Var> {
+        x.add(&self.self_attn.o_proj.forward(ctx)?)
     }
-
     /// The input of `gate_proj` and `up_proj`: `post_attention_layernorm(h)`.
-    pub fn mlp_input(&self, h: &[f32]) -> Vec<f32> {
-        let mut xn = vec![0f32; h.len()];
-        self.post_attention_layernorm.forward_slice(h, &mut xn);
-        xn
+    pub fn mlp_input(&self, h: &Var) -> Result<Var> {
+        self.post_attention_layernorm.forward(h)
     }
-
-    /// `h += down_proj(act)`: the layer's output, in place (`act` from [`Mlp::activation`]).
-    pub fn mlp_residual(&self, h: &mut [f32], act: &[f32], t: usize) {
-        let mut y = vec![0f32; h.len()];
-        in_pool(|| self.mlp.down_proj.forward_slice(act, t, &mut y));
-        fused::add_assign(h, &y);
+    /// `h + down_proj(act)`: the layer's output (`act` from [`Mlp::activation`]).
+    pub fn mlp_residual(&self, h: &Var, act: &Var) -> Result<Var> {
+        h.add(&self.mlp.down_proj.forward(act)?)
     }
-
-    /// The whole layer on one window at positions `0..t`, in place: `x: [t, hidden]`.
-    pub fn forward_window(&self, c: &LlamaConfig, rotary: &Rotary, x: &mut [f32], t: usize) {
-        let xn = self.attention_input(x);
-        let ctx = self.attention_context(c, rotary, &xn, t);
-        self.attention_residual(x, &ctx, t);
-        let xn = self.mlp_input(x);
-        let act = self.mlp.activation(&xn, t);
-        self.mlp_residual(x, &act, t);
+    /// The whole layer: `x: (batch, seq, hidden)` → same shape (see
+    /// [`Attention::context`] for `cache`).
+    pub fn forward(&self, x: &Var, cache: Option<(&mut KvCache, usize)>) -> Result<Var> {
+        let ctx = self.attention_context(&self.attention_input(x)?, cache)?;
+        let h = self.attention_residual(x, &ctx)?;
+        let act = self.mlp.activation(&self.mlp_input(&h)?)?;
+        self.mlp_residual(&h, &act)
+    }
+    /// This layer's shape: query heads, KV heads, MLP width.
+    pub fn shape(&self) -> LayerShape {
+        LayerShape {
+            num_attention_heads: self.self_attn.num_heads(),
+            num_key_value_heads: self.self_attn.num_kv_heads(),
+            intermediate_size: self.mlp.gate_proj.out_features(),
+        }
     }
 }
 
 impl Llama {
-    /// Checks the weights' shapes against the configuration and builds rotary tables for the
-    /// configuration's context length in `layout`.
-    pub fn new(
-        config: LlamaConfig,
-        model: LlamaModel,
-        lm_head: Linear,
-        layout: RopeLayout,
-    ) -> Result<Llama> {
-        let c = &config;
-        let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        let (qd, kvd) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
-        let check = |name: String, got: &[usize], want: [usize; 2]| {
-            if got != want {
-                return Err(Error::invalid(
-                    "Llama::new",
-                    format!("{name} has shape {got:?}, the config implies {want:?}"),
-                ));
-            }
-            Ok(())
-        };
-        check(
-            "model.embed_tokens.weight".into(),
-            model.embed_tokens.weight.dims(),
-            [v, d],
-        )?;
-        check("lm_head.weight".into(), &lm_head.shape(), [v, d])?;
-        if model.layers.len() != c.num_hidden_layers {
-            return Err(Error::invalid(
-                "Llama::new",
-                format!(
-                    "{} layers, the config says {}",
-                    model.layers.len(),
-                    c.num_hidden_layers
-                ),
-            ));
-        }
-        for (i, l) in model.layers.iter().enumerate() {
-            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-            let a = &l.self_attn;
-            check(p("self_attn.q_proj"), &a.q_proj.shape(), [qd, d])?;
-            check(p("self_attn.k_proj"), &a.k_proj.shape(), [kvd, d])?;
-            check(p("self_attn.v_proj"), &a.v_proj.shape(), [kvd, d])?;
-            check(p("self_attn.o_proj"), &a.o_proj.shape(), [d, qd])?;
-            check(p("mlp.gate_proj"), &l.mlp.gate_proj.shape(), [f, d])?;
-            check(p("mlp.up_proj"), &l.mlp.up_proj.shape(), [f, d])?;
-            check(p("mlp.down_proj"), &l.mlp.down_proj.shape(), [d, f])?;
-            for (n, w) in [
-                ("input_layernorm", &l.input_layernorm),
-                ("post_attention_layernorm", &l.post_attention_layernorm),
-            ] {
-                if w.weight.dims() != [d] {
-                    return Err(Error::invalid(
-                        "Llama::new",
-                        format!("{} has shape {:?}, expected [{d}]", p(n), w.weight.dims()),
-                    ));
-                }
-            }
-        }
-        if model.norm.weight.dims() != [d] {
-            return Err(Error::invalid(
-                "Llama::new",
-                format!(
-                    "model.norm.weight has shape {:?}, expected [{d}]",
-                    model.norm.weight.dims()
-                ),
-            ));
-        }
-        let rotary = Rotary::new(c.head_dim, c.max_position_embeddings, c.rope_theta, layout);
+    /// Checks the weights' shapes against the configuration (the hidden size, vocabulary and
+    /// head width; heads and MLP width may differ per layer and are read from the weights, and
+    /// recorded in `config`) and that every layer's rotary tables fit it (build them once with
+    /// [`rope_tables`]).
+    pub fn new(mut config: LlamaConfig, model: LlamaModel, lm_head: Linear) -> Result<Llama> {
+        let shapes = check_shapes(&config, &model, &lm_head)?;
+        config.set_layer_shapes(shapes);
         let mut llama = Llama {
             config,
             model,
             lm_head,
-            rotary,
             kv_dtype: DType::F32,
         };
         if let d @ (DType::BF16 | DType::F16) = llama.dtype() {
@@ -647,36 +231,72 @@ impl Llama {
         Ok(llama)
     }
 
-    /// An empty KV cache for up to `capacity` positions in [`kv_dtype`](Self::kv_dtype) (an
-    /// error if that is not f32, bf16 or f16).
+    /// Re-reads the per-layer shapes from the weights into `config` after projections were
+    /// replaced (structured pruning), checking that they still fit together.
+    pub fn refresh_shapes(&mut self) -> Result<()> {
+        let shapes = check_shapes(&self.config, &self.model, &self.lm_head)?;
+        self.config.set_layer_shapes(shapes);
+        Ok(())
+    }
+
+    /// The rotary tables and pair layout.
+    pub fn rope(&self) -> &Arc<RopeTables> {
+        &self.model.layers[0].self_attn.rope
+    }
+
+    /// An empty KV cache for up to `capacity` positions in [`kv_dtype`](Self::kv_dtype), sized
+    /// per layer (an error if the dtype is not f32, bf16 or f16).
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::with_dtype(&self.config, capacity, self.kv_dtype)
+        self.new_cache_with_dtype(capacity, self.kv_dtype)
+    }
+
+    /// [`new_cache`](Self::new_cache) storing keys and values as `dtype`.
+    pub fn new_cache_with_dtype(&self, capacity: usize, dtype: DType) -> Result<KvCache> {
+        let hd = self.config.head_dim;
+        let layers: Vec<(usize, usize)> = self
+            .model
+            .layers
+            .iter()
+            .map(|l| (l.self_attn.num_kv_heads(), hd))
+            .collect();
+        KvCache::new(capacity, dtype, &layers)
     }
 
     /// A model with random weights (normal, std 0.02; norm gains 1) in f32, for tests and
     /// examples.
     pub fn random(config: &LlamaConfig, seed: u64) -> Result<Llama> {
+        Self::random_with_dtype(config, seed, DType::F32)
+    }
+
+    /// [`random`](Self::random) in `dtype` (f32, or f64 for gradient checks), with every layer
+    /// shaped as `config` says (its per-layer shapes, if any).
+    pub fn random_with_dtype(config: &LlamaConfig, seed: u64, dtype: DType) -> Result<Llama> {
         let c = config;
         let mut s = seed;
         let mut w = |r: usize, k: usize| {
             s = s.wrapping_add(1);
-            Tensor::randn([r, k], 0.0, 0.02, DType::F32, s)
+            Tensor::randn([r, k], 0.0, 0.02, dtype, s)
         };
-        let (d, f) = (c.hidden_size, c.intermediate_size);
-        let (qd, kvd) = (
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-        );
-        let ones = || RmsNorm::new(Tensor::ones([d], DType::F32)?, c.rms_norm_eps);
+        let d = c.hidden_size;
+        let hd = c.head_dim;
+        let ones = || RmsNorm::new(Tensor::ones([d], dtype)?, c.rms_norm_eps);
         let embed = Embedding::new(w(c.vocab_size, d)?)?;
+        let rope = rope_tables(c, RopeLayout::HalfSplit)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for _ in 0..c.num_hidden_layers {
+        for i in 0..c.num_hidden_layers {
+            let ls = c.layer_shape(i);
+            let (qd, kvd, f) = (
+                ls.num_attention_heads * hd,
+                ls.num_key_value_heads * hd,
+                ls.intermediate_size,
+            );
             layers.push(DecoderLayer {
                 self_attn: Attention {
                     q_proj: Linear::new(w(qd, d)?)?,
                     k_proj: Linear::new(w(kvd, d)?)?,
                     v_proj: Linear::new(w(kvd, d)?)?,
                     o_proj: Linear::new(w(d, qd)?)?,
+                    rope: rope.clone(),
                 },
                 mlp: Mlp {
                     gate_proj: Linear::new(w(f, d)?)?,
@@ -688,7 +308,7 @@ impl Llama {
             });
         }
         let lm_head = if c.tie_word_embeddings {
-            Linear::new(embed.weight.clone())?
+            Linear::from_var(embed.weight.clone())?
         } else {
             Linear::new(w(c.vocab_size, d)?)?
         };
@@ -697,7 +317,7 @@ impl Llama {
             layers,
             norm: ones()?,
         };
-        Llama::new(c.clone(), model, lm_head, RopeLayout::HalfSplit)
+        Llama::new(c.clone(), model, lm_head)
     }
 
     /// Every weight under its HF checkpoint key (the tied head is left out, as HF saves it);
@@ -705,7 +325,7 @@ impl Llama {
     pub fn named_weights(&self) -> Vec<(String, Cow<'_, Tensor>)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
-            Cow::Borrowed(&self.model.embed_tokens.weight),
+            Cow::Borrowed(self.model.embed_tokens.weight.tensor()),
         )];
         for (i, l) in self.model.layers.iter().enumerate() {
             let p = |s: &str| format!("model.layers.{i}.{s}.weight");
@@ -714,16 +334,16 @@ impl Llama {
             }
             out.push((
                 p("input_layernorm"),
-                Cow::Borrowed(&l.input_layernorm.weight),
+                Cow::Borrowed(l.input_layernorm.weight.tensor()),
             ));
             out.push((
                 p("post_attention_layernorm"),
-                Cow::Borrowed(&l.post_attention_layernorm.weight),
+                Cow::Borrowed(l.post_attention_layernorm.weight.tensor()),
             ));
         }
         out.push((
             "model.norm.weight".to_string(),
-            Cow::Borrowed(&self.model.norm.weight),
+            Cow::Borrowed(self.model.norm.weight.tensor()),
         ));
         if !self.config.tie_word_embeddings {
             out.push(("lm_head.weight".to_string(), self.lm_head.weight_tensor()));
@@ -770,14 +390,14 @@ impl Llama {
             }
             b += 2 * self.config.hidden_size * 4;
         }
-        let e = &self.model.embed_tokens.weight;
+        let e = self.model.embed_tokens.weight.tensor();
         b + self.config.hidden_size * 4 + e.dims()[1] * e.dtype().size_in_bytes()
     }
 
     /// Bytes of all weights held in memory (the tied table counted once; sparse projections
     /// by their stored parts).
     pub fn weight_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let t = |v: &Var| v.elem_count() * v.dtype().size_in_bytes();
         let mut b = t(&self.model.embed_tokens.weight) + t(&self.model.norm.weight);
         for l in &self.model.layers {
             b += Self::layer_linears(l)
@@ -801,86 +421,151 @@ impl Llama {
             .unwrap_or(self.lm_head.dtype())
     }
 
-    /// Runs `ids` at positions `cache.len()..` through the decoder and the final norm, appending
-    /// to the cache; returns the normed hidden states `[ids.len(), hidden]`.
-    pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        in_pool(|| self.forward_hidden_impl(ids, cache))
+    /// The dtype of activations: f64 for an f64 model (gradient checks), f32 otherwise.
+    pub fn compute_dtype(&self) -> DType {
+        if self.model.norm.weight.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
     }
 
-    fn forward_hidden_impl(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let t = ids.len();
-        if cache.kt.len() != c.num_hidden_layers
-            || cache.kv_heads != c.num_key_value_heads
-            || cache.head_dim != c.head_dim
-        {
+    /// The one forward pass: token ids `ids: (batch, seq)` (u32) through the embedding, the
+    /// decoder layers and the final norm → [`ForwardOutput`]. Without a cache every sequence
+    /// attends causally over itself from position 0 (training, calibration, evaluation of whole
+    /// windows); with one (batch 1, inference) the sequence continues at position `cache.len()`
+    /// and is appended to it. Records a graph when a weight is a parameter and recording is on
+    /// (see [`shears_autograd::no_grad`]).
+    pub fn forward_batch(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let grad = is_grad_enabled();
+        in_pool(move || {
+            if grad {
+                self.forward_impl(ids, cache, opts)
+            } else {
+                no_grad(|| self.forward_impl(ids, cache, opts))
+            }
+        })
+    }
+
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        const OP: &str = "Llama::forward";
+        if ids.rank() != 2 {
             return Err(Error::invalid(
-                "Llama::forward",
-                "the KV cache was built for another configuration",
+                OP,
+                format!("expected token ids (batch, seq), got shape {}", ids.shape()),
             ));
         }
-        if cache.len + t > cache.capacity {
-            return Err(Error::invalid(
-                "Llama::forward",
-                format!(
-                    "{} cached + {t} new positions exceed the cache capacity {}",
-                    cache.len, cache.capacity
-                ),
-            ));
+        let (b, t) = (ids.dims()[0], ids.dims()[1]);
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if let Some(c) = cache.as_deref() {
+            let fits = c.num_layers() == self.model.layers.len()
+                && self.model.layers.iter().enumerate().all(|(i, l)| {
+                    c.layer_shape(i) == Some((l.self_attn.num_kv_heads(), self.config.head_dim))
+                });
+            if !fits {
+                return Err(Error::invalid(
+                    OP,
+                    "the KV cache was built for another model",
+                ));
+            }
+            if b != 1 {
+                return Err(Error::invalid(
+                    OP,
+                    format!("a KV cache holds one sequence, got a batch of {b}"),
+                ));
+            }
+            if c.len() + t > c.capacity() {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "{} cached + {t} new positions exceed the cache capacity {}",
+                        c.len(),
+                        c.capacity()
+                    ),
+                ));
+            }
         }
-        if cache.len + t > self.rotary.max_pos {
+        if start + t > self.config.max_position_embeddings {
             return Err(Error::invalid(
-                "Llama::forward",
+                OP,
                 format!(
                     "position {} is beyond the context length {}",
-                    cache.len + t - 1,
-                    self.rotary.max_pos
+                    start + t - 1,
+                    self.config.max_position_embeddings
                 ),
             ));
         }
-        let d = c.hidden_size;
-        let mut x = vec![0f32; t * d];
-        self.model.embed_tokens.forward_slice(ids, &mut x)?;
-        let mut xn = vec![0f32; t * d];
-        let mut y = vec![0f32; t * d];
+        let mut x = self.model.embed_tokens.forward(ids, self.compute_dtype())?;
+        let mut layers = Vec::new();
         for (i, l) in self.model.layers.iter().enumerate() {
-            l.input_layernorm.forward_slice(&x, &mut xn);
-            l.self_attn
-                .forward(c, &self.rotary, &xn, t, cache, i, &mut y);
-            fused::add_assign(&mut x, &y);
-            l.post_attention_layernorm.forward_slice(&x, &mut xn);
-            l.mlp.forward(&xn, t, &mut y);
-            fused::add_assign(&mut x, &y);
+            x = match cache.as_deref_mut() {
+                Some(c) => l.forward(&x, Some((c, i)))?,
+                None if opts.checkpointing && is_grad_enabled() => {
+                    let layer = l.clone();
+                    Var::checkpoint(&[&x], move |xs| layer.forward(&xs[0], None))?
+                }
+                None => l.forward(&x, None)?,
+            };
+            if opts.hidden_states {
+                layers.push(x.clone());
+            }
         }
-        cache.len += t;
-        self.model.norm.forward_slice(&x, &mut xn);
-        Ok(xn)
+        if let Some(c) = cache {
+            c.advance(t)?;
+        }
+        let hidden = self.model.norm.forward(&x)?;
+        Ok(ForwardOutput { hidden, layers })
     }
 
-    /// Logits `[rows, vocab]` of normed hidden states `[rows, hidden]`.
-    pub fn logits_slice(&self, hidden: &[f32], rows: usize) -> Vec<f32> {
-        let mut out = vec![0f32; rows * self.config.vocab_size];
-        in_pool(|| self.lm_head.forward_slice(hidden, rows, &mut out));
-        out
+    /// Logits `(.., vocab)` of normed hidden states `(.., hidden)` (recorded like any op).
+    pub fn logits(&self, hidden: &Var) -> Result<Var> {
+        let grad = is_grad_enabled();
+        in_pool(move || {
+            if grad {
+                self.lm_head.forward(hidden)
+            } else {
+                no_grad(|| self.lm_head.forward(hidden))
+            }
+        })
     }
 
-    /// The logits of vocabulary entries `vocab` only: `out[rows, vocab.len()]` of normed hidden
-    /// states `[rows, hidden]`. Panics on wrong lengths.
-    pub fn logits_block(
-        &self,
-        hidden: &[f32],
-        rows: usize,
-        vocab: std::ops::Range<usize>,
-        out: &mut [f32],
-    ) {
-        in_pool(|| self.lm_head.forward_outputs_slice(hidden, rows, vocab, out));
+    /// The training forward: logits `(batch, seq, vocab)` of `ids: (batch, seq)` and, if asked,
+    /// every decoder layer's output (see [`forward_batch`](Self::forward_batch)).
+    pub fn forward_train(&self, ids: &Tensor, opts: ForwardOptions) -> Result<(Var, Vec<Var>)> {
+        let out = self.forward_batch(ids, None, opts)?;
+        Ok((self.logits(&out.hidden)?, out.layers))
+    }
+
+    /// Runs `ids` at positions `cache.len()..` through the decoder and the final norm, appending
+    /// to the cache; returns the normed hidden states `[ids.len(), hidden]` (inference: nothing
+    /// is recorded).
+    pub fn forward_hidden(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids, [1, ids.len()])?;
+        let out = no_grad(|| self.forward_batch(&ids, Some(cache), ForwardOptions::default()))?;
+        let d = self.config.hidden_size;
+        out.hidden.into_tensor().reshape([ids.dims()[1], d])
+    }
+
+    /// The logits of vocabulary entries `vocab` only: `[rows, vocab.len()]` of normed hidden
+    /// states `hidden: [rows, hidden]` (one block of a large vocabulary at a time).
+    pub fn logits_block(&self, hidden: &Tensor, vocab: std::ops::Range<usize>) -> Result<Tensor> {
+        in_pool(|| self.lm_head.forward_rows(hidden, vocab))
     }
 
     /// Logits `[ids.len(), vocab]` for every position of `ids` (positions `cache.len()..`).
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
         let h = self.forward_hidden(ids, cache)?;
-        let logits = self.logits_slice(&h, ids.len());
-        Tensor::from_vec(logits, [ids.len(), self.config.vocab_size])
+        no_grad(|| self.logits(&Var::constant(h))).map(Var::into_tensor)
     }
 
     /// Logits `[vocab]` of the last position only (generation: the head runs on one row).
@@ -889,15 +574,140 @@ impl Llama {
             return Err(Error::invalid("Llama::forward_last", "no tokens given"));
         }
         let h = self.forward_hidden(ids, cache)?;
-        let d = self.config.hidden_size;
-        Ok(self.logits_slice(&h[(ids.len() - 1) * d..], 1))
+        let last = h.narrow(0, ids.len() - 1, 1)?;
+        let logits = no_grad(|| self.logits(&Var::constant(last)))?;
+        logits.tensor().to_dtype(DType::F32)?.to_vec::<f32>()
     }
+}
+
+/// The rotary tables of `config` (its head width, context length and base) for checkpoints whose
+/// Q/K rows pair dims as `layout` says; every layer of a model shares one.
+pub fn rope_tables(config: &LlamaConfig, layout: RopeLayout) -> Result<Arc<RopeTables>> {
+    Ok(Arc::new(RopeTables::new(
+        config.head_dim,
+        config.max_position_embeddings,
+        config.rope_theta,
+        layout,
+    )?))
+}
+
+/// Checks every weight's shape against the configuration and the others in its layer; returns
+/// the per-layer shapes the weights define.
+fn check_shapes(c: &LlamaConfig, model: &LlamaModel, lm_head: &Linear) -> Result<Vec<LayerShape>> {
+    let (d, v, hd) = (c.hidden_size, c.vocab_size, c.head_dim);
+    let check = |name: String, got: &[usize], want: [usize; 2]| {
+        if got != want {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!("{name} has shape {got:?}, expected {want:?}"),
+            ));
+        }
+        Ok(())
+    };
+    check(
+        "model.embed_tokens.weight".into(),
+        model.embed_tokens.weight.dims(),
+        [v, d],
+    )?;
+    check("lm_head.weight".into(), &lm_head.shape(), [v, d])?;
+    if model.layers.len() != c.num_hidden_layers {
+        return Err(Error::invalid(
+            "Llama::new",
+            format!(
+                "{} layers, the config says {}",
+                model.layers.len(),
+                c.num_hidden_layers
+            ),
+        ));
+    }
+    let mut shapes = Vec::with_capacity(model.layers.len());
+    for (i, l) in model.layers.iter().enumerate() {
+        let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+        let a = &l.self_attn;
+        let (qr, kr, f) = (
+            a.q_proj.out_features(),
+            a.k_proj.out_features(),
+            l.mlp.gate_proj.out_features(),
+        );
+        let r = &a.rope;
+        if r.head_dim != hd || r.max_pos < c.max_position_embeddings {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!(
+                    "model.layers.{i} has rotary tables for head_dim {} and {} positions, the \
+                     config says {hd} and {}",
+                    r.head_dim, r.max_pos, c.max_position_embeddings
+                ),
+            ));
+        }
+        if r.layout != model.layers[0].self_attn.rope.layout {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!("model.layers.{i} pairs rotary dims unlike model.layers.0"),
+            ));
+        }
+        if qr % hd != 0 || kr % hd != 0 || kr == 0 || qr % kr != 0 {
+            return Err(Error::invalid(
+                "Llama::new",
+                format!(
+                    "model.layers.{i}: q_proj has {qr} rows and k_proj {kr}; both must be \
+                     multiples of head_dim {hd}, and the KV heads must divide the query heads"
+                ),
+            ));
+        }
+        if let Some(want) = c.layer_shapes.get(i) {
+            let got = (qr / hd, kr / hd, f);
+            let want3 = (
+                want.num_attention_heads,
+                want.num_key_value_heads,
+                want.intermediate_size,
+            );
+            if got != want3 {
+                return Err(Error::invalid(
+                    "Llama::new",
+                    format!(
+                        "model.layers.{i} has (heads, kv_heads, intermediate) = {got:?}, the \
+                         config says {want3:?}"
+                    ),
+                ));
+            }
+        }
+        check(p("self_attn.q_proj"), &a.q_proj.shape(), [qr, d])?;
+        check(p("self_attn.k_proj"), &a.k_proj.shape(), [kr, d])?;
+        check(p("self_attn.v_proj"), &a.v_proj.shape(), [kr, d])?;
+        check(p("self_attn.o_proj"), &a.o_proj.shape(), [d, qr])?;
+        check(p("mlp.gate_proj"), &l.mlp.gate_proj.shape(), [f, d])?;
+        check(p("mlp.up_proj"), &l.mlp.up_proj.shape(), [f, d])?;
+        check(p("mlp.down_proj"), &l.mlp.down_proj.shape(), [d, f])?;
+        for (n, w) in [
+            ("input_layernorm", &l.input_layernorm),
+            ("post_attention_layernorm", &l.post_attention_layernorm),
+        ] {
+            if w.weight.dims() != [d] {
+                return Err(Error::invalid(
+                    "Llama::new",
+                    format!("{} has shape {:?}, expected [{d}]", p(n), w.weight.dims()),
+                ));
+            }
+        }
+        shapes.push(l.shape());
+    }
+    if model.norm.weight.dims() != [d] {
+        return Err(Error::invalid(
+            "Llama::new",
+            format!(
+                "model.norm.weight has shape {:?}, expected [{d}]",
+                model.norm.weight.dims()
+            ),
+        ));
+    }
+    Ok(shapes)
 }
 
 /// Runs `f` on a thread of rayon's pool. Each parallel kernel call made from outside the pool
 /// pays a cross-thread wake-up (about 20 µs on a 2-vCPU VM, measured), while one made from a
 /// worker is a cheap local push; a decode step makes hundreds of them.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }

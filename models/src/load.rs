@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use shears_models::config::LlamaConfig;
-//! use shears_models::llama::{KvCache, Llama};
+//! use shears_models::llama::Llama;
 //! use shears_models::load::{load_model, save_hf, LoadOptions};
 //! let json = r#"{"model_type": "llama", "vocab_size": 40, "hidden_size": 16,
 //!   "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -17,7 +17,7 @@
 //! let dir = std::env::temp_dir().join(format!("shears-load-doc-{}", std::process::id()));
 //! save_hf(&model, None, &dir, None)?;
 //! let again = load_model(&dir, &LoadOptions::default())?;
-//! let (mut c1, mut c2) = (KvCache::new(&model.config, 8), KvCache::new(&model.config, 8));
+//! let (mut c1, mut c2) = (model.new_cache(8)?, again.new_cache(8)?);
 //! assert_eq!(
 //!     model.forward(&[1, 2, 3], &mut c1)?.to_vec::<f32>()?,
 //!     again.forward(&[1, 2, 3], &mut c2)?.to_vec::<f32>()?
@@ -28,12 +28,11 @@
 
 use crate::config::LlamaConfig;
 use crate::layers::{Embedding, Linear, RmsNorm};
-use crate::llama::{Attention, DecoderLayer, Llama, LlamaModel, Mlp};
+use crate::llama::{rope_tables, Attention, DecoderLayer, Llama, LlamaModel, Mlp};
 use crate::tokenizer::Tokenizer;
-use shears_kernels::fused::RopeLayout;
 use shears_tensor::io::{self, gguf::Gguf};
 use shears_tensor::sparse::{save_sparse, split_sparse, Bitmask, NmSparse, SparseTensor};
-use shears_tensor::{DType, Error, Result, Tensor};
+use shears_tensor::{DType, Error, Result, RopeLayout, Tensor};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,6 +159,7 @@ fn assemble(
         get(name, dt)?.ok_or_else(|| Error::format(origin, Some(name), "missing tensor"))
     };
     let eps = config.rms_norm_eps;
+    let rope = rope_tables(&config, layout)?;
     let embed = Embedding::new(need("model.embed_tokens.weight", dtype)?)?;
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
@@ -180,6 +180,7 @@ fn assemble(
             k_proj: lin("self_attn.k_proj")?,
             v_proj: lin("self_attn.v_proj")?,
             o_proj: lin("self_attn.o_proj")?,
+            rope: rope.clone(),
         };
         let mlp = Mlp {
             gate_proj: lin("mlp.gate_proj")?,
@@ -201,7 +202,7 @@ fn assemble(
     }
     let norm = RmsNorm::new(need("model.norm.weight", DType::F32)?, eps)?;
     let lm_head = if config.tie_word_embeddings {
-        Linear::new(embed.weight.clone())?
+        Linear::from_var(embed.weight.clone())?
     } else {
         Linear::new(need("lm_head.weight", dtype)?)?
     };
@@ -217,7 +218,7 @@ fn assemble(
         layers,
         norm,
     };
-    Llama::new(config, model, lm_head, layout)
+    Llama::new(config, model, lm_head)
 }
 
 fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Llama> {
@@ -544,12 +545,11 @@ fn hf_tensors(
             continue;
         }
         let mut t = t.into_owned();
-        if model.rotary.layout == RopeLayout::Interleaved {
-            if name.ends_with("self_attn.q_proj.weight") {
-                t = interleaved_to_half_split(&t, c.num_attention_heads)?;
-            } else if name.ends_with("self_attn.k_proj.weight") {
-                t = interleaved_to_half_split(&t, c.num_key_value_heads)?;
-            }
+        let rotated =
+            name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.k_proj.weight");
+        if model.rope().layout == RopeLayout::Interleaved && rotated {
+            let heads = t.dims()[0] / c.head_dim;
+            t = interleaved_to_half_split(&t, heads)?;
         }
         // Norm gains are held in f32; they follow the file's dtype like everything else.
         if t.dtype() != dtype {

@@ -3,7 +3,6 @@
 //! `fixtures/smollm2_logits.safetensors`. Skips (with a note) when the GGUF is absent.
 
 use shears_models::generate::{generate, GenerateOptions};
-use shears_models::llama::KvCache;
 use shears_models::load::{load, load_model, save_hf, LoadOptions};
 use shears_tensor::{io, DType, Tensor};
 use std::path::PathBuf;
@@ -69,7 +68,7 @@ fn max_rel_err(a: &[f32], b: &[f32], row: usize) -> f64 {
 }
 
 fn logits_of(model: &shears_models::llama::Llama, ids: &[u32]) -> Vec<f32> {
-    let mut cache = KvCache::new(&model.config, ids.len());
+    let mut cache = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
     model
         .forward(ids, &mut cache)
         .unwrap()
@@ -93,7 +92,7 @@ fn smollm2_logits_match_the_numpy_reference() {
     assert!(err < 1e-4, "relative error {err}");
 
     // Token by token through the KV cache gives the same logits as the batched prefill.
-    let mut cache = KvCache::new(&model.config, f.ids.len());
+    let mut cache = model.new_cache_with_dtype(f.ids.len(), DType::F32).unwrap();
     let mut stepped = Vec::new();
     for &id in &f.ids {
         stepped.extend(
@@ -139,10 +138,7 @@ fn gguf_saved_as_hf_and_reloaded_gives_the_same_logits() {
         assert!(dir.path().join(name).exists(), "{name} written");
     }
     let (again, tok2) = load(dir.path(), &LoadOptions::default()).unwrap();
-    assert_eq!(
-        again.rotary.layout,
-        shears_kernels::fused::RopeLayout::HalfSplit
-    );
+    assert_eq!(again.rope().layout, shears_tensor::RopeLayout::HalfSplit);
     assert_eq!(
         tok2.encode("In 1865, Alice", false).unwrap(),
         tok.encode("In 1865, Alice", false).unwrap()

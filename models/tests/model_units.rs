@@ -97,10 +97,10 @@ fn decoding_through_the_cache_equals_one_prefill() {
     let model = Llama::random(&config(), 3).unwrap();
     let ids = [1u32, 7, 9, 4, 33, 2, 60, 8, 12, 5, 6];
     let v = model.config.vocab_size;
-    let mut c1 = KvCache::new(&model.config, ids.len());
+    let mut c1 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
     let full = logits(&model, &ids, &mut c1);
     // Prefill 5, then 6 single steps (the decode path), then compare every row.
-    let mut c2 = KvCache::new(&model.config, ids.len());
+    let mut c2 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
     let mut rows = logits(&model, &ids[..5], &mut c2);
     for &id in &ids[5..] {
         rows.extend(logits(&model, &[id], &mut c2));
@@ -112,7 +112,7 @@ fn decoding_through_the_cache_equals_one_prefill() {
     // A later position sees earlier tokens: changing token 0 changes the last row.
     let mut other = ids;
     other[0] = 50;
-    let mut c3 = KvCache::new(&model.config, ids.len());
+    let mut c3 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
     let changed = logits(&model, &other, &mut c3);
     assert_ne!(
         &changed[(ids.len() - 1) * v..],
@@ -121,13 +121,16 @@ fn decoding_through_the_cache_equals_one_prefill() {
     // The causal mask: changing the last token leaves every earlier row unchanged.
     let mut last = ids;
     last[ids.len() - 1] = 40;
-    let mut c4 = KvCache::new(&model.config, ids.len());
+    let mut c4 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
     let l4 = logits(&model, &last, &mut c4);
     assert_eq!(&l4[..(ids.len() - 1) * v], &full[..(ids.len() - 1) * v]);
     assert!(model.forward(&[1], &mut c1).is_err(), "the cache is full");
     assert!(
         model
-            .forward(&[64], &mut KvCache::new(&model.config, 4))
+            .forward(
+                &[64],
+                &mut model.new_cache_with_dtype(4, DType::F32).unwrap()
+            )
             .is_err(),
         "id ≥ vocab"
     );
@@ -153,9 +156,9 @@ fn split_decode_attention_equals_one_prefill() {
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 64).collect();
     // Three threads: the split gives ⌊291..300 / 128⌋ = 2 parts here.
     in_three_threads(|| {
-        let mut c1 = KvCache::new(&model.config, ids.len());
+        let mut c1 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
         let full = logits(&model, &ids, &mut c1);
-        let mut c2 = KvCache::new(&model.config, ids.len());
+        let mut c2 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
         let rows = stepped_logits(&model, &ids, &[290, 291, 294, 295, 298], &mut c2);
         assert_rows_close(&full, &rows, v, 290, "f32");
     });
@@ -172,7 +175,7 @@ fn half_kv_cache_decodes_like_its_prefill_and_stays_near_f32() {
     let v = model.config.vocab_size;
     let ids: Vec<u32> = (0..300u32).map(|i| (i * 29 + 3) % 64).collect();
     in_three_threads(|| {
-        let mut c32 = KvCache::new(&model.config, ids.len());
+        let mut c32 = model.new_cache_with_dtype(ids.len(), DType::F32).unwrap();
         let exact = logits(&model, &ids, &mut c32);
         // bf16 keeps 8 significant bits, f16 11: relative rounding 2^-9 and 2^-12 per element;
         // the bounds are about ten times the error seen on this model (3e-4 and 3e-5).
@@ -194,7 +197,7 @@ fn half_kv_cache_decodes_like_its_prefill_and_stays_near_f32() {
             assert!(worst <= tol, "{dt:?}: {worst} from the f32 cache");
         }
     });
-    assert!(KvCache::with_dtype(&model.config, 4, DType::F64).is_err());
+    assert!(model.new_cache_with_dtype(4, DType::F64).is_err());
     model.kv_dtype = DType::F64;
     assert!(model.new_cache(4).is_err());
 }
@@ -302,33 +305,41 @@ fn layer_stages_compose_to_the_model_forward() {
     let model = Llama::random(&config(), 5).unwrap();
     let ids = [4u32, 17, 9, 40, 2, 33, 8];
     let (t, d) = (ids.len(), model.config.hidden_size);
-    let mut cache = KvCache::new(&model.config, t);
+    let mut cache = model.new_cache_with_dtype(t, DType::F32).unwrap();
     let want = model.forward_hidden(&ids, &mut cache).unwrap();
-    let mut x = vec![0f32; t * d];
-    model
+    let ids_t = shears_tensor::Tensor::from_slice(&ids, [1, t]).unwrap();
+    let mut x = model
         .model
         .embed_tokens
-        .forward_slice(&ids, &mut x)
+        .forward(&ids_t, DType::F32)
         .unwrap();
     for (i, layer) in model.model.layers.iter().enumerate() {
         if i == 0 {
             // Stage by stage for the first layer, the one-call form for the rest.
-            let xn = layer.attention_input(&x);
-            let ctx = layer.attention_context(&model.config, &model.rotary, &xn, t);
+            let xn = layer.attention_input(&x).unwrap();
+            let ctx = layer.attention_context(&xn, None).unwrap();
             assert_eq!(
-                ctx.len(),
-                t * model.config.num_attention_heads * model.config.head_dim
+                ctx.dims(),
+                &[
+                    1,
+                    t,
+                    model.config.num_attention_heads * model.config.head_dim
+                ]
             );
-            layer.attention_residual(&mut x, &ctx, t);
-            let act = layer.mlp.activation(&layer.mlp_input(&x), t);
-            assert_eq!(act.len(), t * model.config.intermediate_size);
-            layer.mlp_residual(&mut x, &act, t);
+            let h = layer.attention_residual(&x, &ctx).unwrap();
+            let act = layer.mlp.activation(&layer.mlp_input(&h).unwrap()).unwrap();
+            assert_eq!(act.dims(), &[1, t, model.config.intermediate_size]);
+            x = layer.mlp_residual(&h, &act).unwrap();
         } else {
-            layer.forward_window(&model.config, &model.rotary, &mut x, t);
+            x = layer.forward(&x, None).unwrap();
         }
     }
-    let mut got = vec![0f32; t * d];
-    model.model.norm.forward_slice(&x, &mut got);
+    let got = model.model.norm.forward(&x).unwrap();
+    let (got, want) = (
+        got.tensor().to_vec::<f32>().unwrap(),
+        want.to_vec::<f32>().unwrap(),
+    );
+    assert_eq!(got.len(), t * d);
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
     }
@@ -407,10 +418,7 @@ fn compressed_checkpoints_round_trip_into_sparse_layers() {
         assert!(down.weight_bytes() < model.model.layers[1].mlp.down_proj.weight_bytes());
         // Same weights, so the same logits up to summation order.
         let ids = [5u32, 9, 1, 44, 20];
-        let (mut c1, mut c2) = (
-            KvCache::new(&model.config, 8),
-            KvCache::new(&model.config, 8),
-        );
+        let (mut c1, mut c2) = (model.new_cache(8).unwrap(), again.new_cache(8).unwrap());
         let a = logits(&model, &ids, &mut c1);
         let b = logits(&again, &ids, &mut c2);
         for (x, y) in a.iter().zip(&b) {

@@ -29,6 +29,7 @@ use crate::{
     magnitude_prune, LayerReport, Pruned, SparseGptConfig, SparseGptStats, Sparsity, WandaStats,
 };
 use serde::Serialize;
+use shears_autograd::{no_grad, Var};
 use shears_models::layers::Linear;
 use shears_models::llama::{DecoderLayer, Llama};
 use shears_tensor::{DType, Error, Result, Rng, Tensor};
@@ -279,13 +280,31 @@ pub fn prune_model(
             ),
         ));
     }
-    let d = model.config.hidden_size;
+    no_grad(|| prune_layers(model, windows, cfg, progress, start))
+}
+
+/// [`prune_model`] after its checks, with recording off.
+fn prune_layers(
+    model: &mut Llama,
+    windows: &[Vec<u32>],
+    cfg: &PruneConfig,
+    progress: &mut dyn FnMut(Event),
+    start: Instant,
+) -> Result<ModelReport> {
+    let needs_data = cfg.method != Method::Magnitude;
+    let t = windows.first().map_or(0, Vec::len);
     let n = if needs_data { windows.len() } else { 0 };
-    // Hidden states of every window, [n·t, d]: decoder layer i's inputs, then its outputs.
-    let mut x = vec![0f32; n * t * d];
-    for (w, xs) in windows.iter().take(n).zip(x.chunks_mut(t * d)) {
-        model.model.embed_tokens.forward_slice(w, xs)?;
-    }
+    // Hidden states of every window, each (1, t, hidden): decoder layer i's inputs, then its
+    // outputs.
+    let dt = model.compute_dtype();
+    let mut x: Vec<Var> = windows
+        .iter()
+        .take(n)
+        .map(|w| {
+            let ids = Tensor::from_slice(w, [1, w.len()])?;
+            model.model.embed_tokens.forward(&ids, dt)
+        })
+        .collect::<Result<_>>()?;
     progress(Event::Embedded { windows: n });
     let layers = model.model.layers.len();
     let mut reports = Vec::with_capacity(layers * PROJ.len());
@@ -304,19 +323,20 @@ pub fn prune_model(
                 layer_reports[p] = Some(r);
             }
         } else if cfg.true_sequential {
-            run_sequential(model, li, &mut x, t, n, cfg, &mut layer_reports, progress)?;
+            run_sequential(model, li, &mut x, t, cfg, &mut layer_reports, progress)?;
         } else {
             run_parallel(model, li, &mut x, t, cfg, &mut layer_reports, progress)?;
         }
-        if let Some(bad) = x.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(
-                "prune_model",
-                format!(
-                    "model.layers.{li} produced a non-finite activation ({}) in window {}",
-                    x[bad],
-                    bad / (t * d)
-                ),
-            ));
+        for (w, xs) in x.iter().enumerate() {
+            let v = xs.tensor().as_slice::<f32>()?;
+            if let Some(bad) = v.iter().find(|v| !v.is_finite()) {
+                return Err(Error::invalid(
+                    "prune_model",
+                    format!(
+                        "model.layers.{li} produced a non-finite activation ({bad}) in window {w}"
+                    ),
+                ));
+            }
         }
         reports.extend(layer_reports.into_iter().flatten());
         progress(Event::LayerDone {
@@ -356,14 +376,11 @@ fn rel_output_error(probe: &ErrorProbe, dense: &[f32], pruned: &Linear) -> Resul
     if m == 0 {
         return Ok(0.0);
     }
-    let mut yd = vec![0f32; m * n];
-    let mut yp = vec![0f32; m * n];
-    let dense = Linear::new(Tensor::from_vec(dense.to_vec(), [n, k])?)?;
-    dense.forward_slice(&probe.x, m, &mut yd);
-    let pf = Linear::new(pruned.weight_tensor().to_dtype(DType::F32)?)?;
-    pf.forward_slice(&probe.x, m, &mut yp);
+    let x = Tensor::from_slice(&probe.x, [m, k])?;
+    let yd = x.matmul_nt(&Tensor::from_slice(dense, [n, k])?)?;
+    let yp = x.matmul_nt(&pruned.weight_tensor().to_dtype(DType::F32)?)?;
     let (mut num, mut den) = (0f64, 0f64);
-    for (a, b) in yd.iter().zip(&yp) {
+    for (a, b) in yd.as_slice::<f32>()?.iter().zip(yp.as_slice::<f32>()?) {
         num += ((a - b) as f64).powi(2);
         den += (*a as f64).powi(2);
     }
@@ -409,15 +426,16 @@ fn stage_name(li: usize, stage: Stage) -> String {
     format!("model.layers.{li}.{} (input)", PROJ[p[0]])
 }
 
-/// Observes `xs` (one window's input of `stage`) and keeps it for the error probe while the
-/// probe has room.
+/// Observes `xs` (one window's input of `stage`, `(1, t, cols)`) and keeps it for the error
+/// probe while the probe has room.
 fn observe(
     stats: &mut Stats,
     probe: &mut ErrorProbe,
-    xs: &[f32],
+    xs: &Var,
     t: usize,
     keep: bool,
 ) -> Result<()> {
+    let xs = xs.tensor().as_slice::<f32>()?;
     stats.observe(xs)?;
     if keep {
         probe.x.extend_from_slice(xs);
@@ -426,73 +444,66 @@ fn observe(
     Ok(())
 }
 
+fn empty_probe() -> ErrorProbe {
+    ErrorProbe {
+        x: Vec::new(),
+        rows: 0,
+    }
+}
+
 /// True-sequential order: four passes over the windows, one per projection group, each with the
 /// groups before it already pruned. The attention context of every window is kept between two
 /// passes instead of being recomputed; the MLP activation is recomputed for the outputs.
-#[allow(clippy::too_many_arguments)]
 fn run_sequential(
     model: &mut Llama,
     li: usize,
-    x: &mut [f32],
+    x: &mut [Var],
     t: usize,
-    n: usize,
     cfg: &PruneConfig,
     out: &mut [Option<LayerReport>],
     progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
-    let c = model.config.clone();
-    let d = c.hidden_size;
-    let qd = c.num_attention_heads * c.head_dim;
-    let f = c.intermediate_size;
+    let layer_shape = model.model.layers[li].shape();
+    let d = model.config.hidden_size;
+    let qd = layer_shape.num_attention_heads * model.config.head_dim;
+    let f = layer_shape.intermediate_size;
     let keep = |w: usize| w < cfg.error_windows;
     // [q, k, v] on input_layernorm(x).
     let mut stats = Stats::new(cfg.method, &stage_name(li, Stage::Qkv), d);
-    let mut probe = ErrorProbe {
-        x: Vec::new(),
-        rows: 0,
-    };
-    for (w, xs) in x.chunks(t * d).enumerate() {
-        let xn = model.model.layers[li].attention_input(xs);
+    let mut probe = empty_probe();
+    for (w, xs) in x.iter().enumerate() {
+        let xn = model.model.layers[li].attention_input(xs)?;
         observe(&mut stats, &mut probe, &xn, t, keep(w))?;
     }
     prune_stage(model, li, Stage::Qkv, &stats, &probe, cfg, out, progress)?;
     // [o] on the attention context of the pruned q, k, v.
     let mut stats = Stats::new(cfg.method, &stage_name(li, Stage::O), qd);
-    let mut probe = ErrorProbe {
-        x: Vec::new(),
-        rows: 0,
-    };
-    let mut ctx = vec![0f32; n * t * qd];
-    for (w, (xs, cs)) in x.chunks(t * d).zip(ctx.chunks_mut(t * qd)).enumerate() {
+    let mut probe = empty_probe();
+    let mut ctx = Vec::with_capacity(x.len());
+    for (w, xs) in x.iter().enumerate() {
         let layer = &model.model.layers[li];
-        let xn = layer.attention_input(xs);
-        cs.copy_from_slice(&layer.attention_context(&c, &model.rotary, &xn, t));
-        observe(&mut stats, &mut probe, cs, t, keep(w))?;
+        let c = layer.attention_context(&layer.attention_input(xs)?, None)?;
+        observe(&mut stats, &mut probe, &c, t, keep(w))?;
+        ctx.push(c);
     }
     prune_stage(model, li, Stage::O, &stats, &probe, cfg, out, progress)?;
     // [gate, up] on post_attention_layernorm(x + o(ctx)); x becomes the residual h.
     let mut stats = Stats::new(cfg.method, &stage_name(li, Stage::GateUp), d);
-    let mut probe = ErrorProbe {
-        x: Vec::new(),
-        rows: 0,
-    };
-    for (w, (xs, cs)) in x.chunks_mut(t * d).zip(ctx.chunks(t * qd)).enumerate() {
+    let mut probe = empty_probe();
+    for (w, (xs, c)) in x.iter_mut().zip(&ctx).enumerate() {
         let layer = &model.model.layers[li];
-        layer.attention_residual(xs, cs, t);
-        let xn = layer.mlp_input(xs);
+        *xs = layer.attention_residual(xs, c)?;
+        let xn = layer.mlp_input(xs)?;
         observe(&mut stats, &mut probe, &xn, t, keep(w))?;
     }
     drop(ctx);
     prune_stage(model, li, Stage::GateUp, &stats, &probe, cfg, out, progress)?;
     // [down] on silu(gate(xn)) ⊙ up(xn).
     let mut stats = Stats::new(cfg.method, &stage_name(li, Stage::Down), f);
-    let mut probe = ErrorProbe {
-        x: Vec::new(),
-        rows: 0,
-    };
-    for (w, xs) in x.chunks(t * d).enumerate() {
+    let mut probe = empty_probe();
+    for (w, xs) in x.iter().enumerate() {
         let layer = &model.model.layers[li];
-        let a = layer.mlp.activation(&layer.mlp_input(xs), t);
+        let a = layer.mlp.activation(&layer.mlp_input(xs)?)?;
         observe(&mut stats, &mut probe, &a, t, keep(w))?;
     }
     prune_stage(model, li, Stage::Down, &stats, &probe, cfg, out, progress)?;
@@ -501,30 +512,29 @@ fn run_sequential(
     // The layer's outputs. The activation is computed again rather than kept for every window:
     // it is the largest buffer, `[windows · t, intermediate]` (403 MB for SmolLM2 at 128 × 512),
     // and recomputing it costs one more gate/up product per window.
-    for xs in x.chunks_mut(t * d) {
+    for xs in x.iter_mut() {
         let layer = &model.model.layers[li];
-        let a = layer.mlp.activation(&layer.mlp_input(xs), t);
-        layer.mlp_residual(xs, &a, t);
+        let a = layer.mlp.activation(&layer.mlp_input(xs)?)?;
+        *xs = layer.mlp_residual(xs, &a)?;
     }
     Ok(())
 }
 
 /// All projections observe the dense layer in one pass, are pruned, and the pruned layer is run
 /// again for the outputs (Wanda's reference order).
-#[allow(clippy::too_many_arguments)]
 fn run_parallel(
     model: &mut Llama,
     li: usize,
-    x: &mut [f32],
+    x: &mut [Var],
     t: usize,
     cfg: &PruneConfig,
     out: &mut [Option<LayerReport>],
     progress: &mut dyn FnMut(Event),
 ) -> Result<()> {
-    let c = model.config.clone();
-    let d = c.hidden_size;
-    let qd = c.num_attention_heads * c.head_dim;
-    let f = c.intermediate_size;
+    let layer_shape = model.model.layers[li].shape();
+    let d = model.config.hidden_size;
+    let qd = layer_shape.num_attention_heads * model.config.head_dim;
+    let f = layer_shape.intermediate_size;
     let keep = |w: usize| w < cfg.error_windows;
     let stages = [Stage::Qkv, Stage::O, Stage::GateUp, Stage::Down];
     let mut stats: Vec<Stats> = stages
@@ -532,23 +542,17 @@ fn run_parallel(
         .zip([d, qd, d, f])
         .map(|(&s, cols)| Stats::new(cfg.method, &stage_name(li, s), cols))
         .collect();
-    let mut probes: Vec<ErrorProbe> = (0..4)
-        .map(|_| ErrorProbe {
-            x: Vec::new(),
-            rows: 0,
-        })
-        .collect();
-    for (w, xs) in x.chunks(t * d).enumerate() {
+    let mut probes: Vec<ErrorProbe> = (0..4).map(|_| empty_probe()).collect();
+    for (w, xs) in x.iter().enumerate() {
         let layer = &model.model.layers[li];
-        let mut h = xs.to_vec();
-        let xn = layer.attention_input(&h);
+        let xn = layer.attention_input(xs)?;
         observe(&mut stats[0], &mut probes[0], &xn, t, keep(w))?;
-        let ctx = layer.attention_context(&c, &model.rotary, &xn, t);
+        let ctx = layer.attention_context(&xn, None)?;
         observe(&mut stats[1], &mut probes[1], &ctx, t, keep(w))?;
-        layer.attention_residual(&mut h, &ctx, t);
-        let xn = layer.mlp_input(&h);
+        let h = layer.attention_residual(xs, &ctx)?;
+        let xn = layer.mlp_input(&h)?;
         observe(&mut stats[2], &mut probes[2], &xn, t, keep(w))?;
-        let act = layer.mlp.activation(&xn, t);
+        let act = layer.mlp.activation(&xn)?;
         observe(&mut stats[3], &mut probes[3], &act, t, keep(w))?;
     }
     for (i, &s) in stages.iter().enumerate() {
@@ -556,8 +560,8 @@ fn run_parallel(
     }
     drop(stats);
     drop(probes);
-    for xs in x.chunks_mut(t * d) {
-        model.model.layers[li].forward_window(&c, &model.rotary, xs, t);
+    for xs in x.iter_mut() {
+        *xs = model.model.layers[li].forward(xs, None)?;
     }
     Ok(())
 }

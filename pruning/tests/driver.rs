@@ -3,12 +3,13 @@
 //! (true-sequential) pass is consistent with the model's own forward, and pruned models save
 //! and load in both formats.
 
+use shears_autograd::Var;
 use shears_models::config::LlamaConfig;
-use shears_models::llama::{KvCache, Llama};
+use shears_models::llama::Llama;
 use shears_models::load::{load_model, save_compressed, save_hf, LoadOptions, SparseLayout};
 use shears_pruning::calibrate::{calibration_windows, prune_model, Method, PruneConfig};
 use shears_pruning::Sparsity;
-use shears_tensor::Tensor;
+use shears_tensor::{DType, Tensor};
 use std::path::Path;
 
 const CONFIG: &str = r#"{"model_type": "llama", "vocab_size": 96, "hidden_size": 32,
@@ -89,11 +90,15 @@ fn sparsegpt_reconstructs_better_than_wanda_and_magnitude() {
         .unwrap();
         // Magnitude measures nothing itself: compare the final hidden states instead.
         let _ = r;
-        let mut c0 = KvCache::new(&m.config, 24);
-        let mut c1 = KvCache::new(&m.config, 24);
+        let mut c0 = m.new_cache_with_dtype(24, DType::F32).unwrap();
+        let mut c1 = m.new_cache_with_dtype(24, DType::F32).unwrap();
         let ids = &windows()[0];
         let dense = model().forward_hidden(ids, &mut c0).unwrap();
         let pruned = m.forward_hidden(ids, &mut c1).unwrap();
+        let (dense, pruned) = (
+            dense.to_vec::<f32>().unwrap(),
+            pruned.to_vec::<f32>().unwrap(),
+        );
         let num: f64 = dense
             .iter()
             .zip(&pruned)
@@ -148,9 +153,15 @@ fn the_same_seed_gives_bit_identical_results() {
 fn non_finite_activations_are_reported_with_the_layer_name() {
     let mut m = model();
     // One embedding row of NaN poisons every window that uses token 5.
-    let mut e = m.model.embed_tokens.weight.to_vec::<f32>().unwrap();
+    let mut e = m
+        .model
+        .embed_tokens
+        .weight
+        .tensor()
+        .to_vec::<f32>()
+        .unwrap();
     e[5 * 32..6 * 32].fill(f32::NAN);
-    m.model.embed_tokens.weight = Tensor::from_vec(e, [96, 32]).unwrap();
+    m.model.embed_tokens.weight = Var::constant(Tensor::from_vec(e, [96, 32]).unwrap());
     let err = prune_model(
         &mut m,
         &windows(),
@@ -199,7 +210,7 @@ fn pruned_models_round_trip_dense_and_compressed() {
         assert!(sparse.weight_bytes() < dense.weight_bytes());
         let ids = &windows()[1];
         let logits = |mm: &Llama| {
-            let mut c = KvCache::new(&mm.config, 24);
+            let mut c = mm.new_cache_with_dtype(24, DType::F32).unwrap();
             mm.forward(ids, &mut c).unwrap().to_vec::<f32>().unwrap()
         };
         let (a, b, c) = (logits(&m), logits(&dense), logits(&sparse));

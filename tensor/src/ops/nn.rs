@@ -327,6 +327,77 @@ impl Tensor {
         ))
     }
 
+    /// `ln Σ_j exp(x_j)` over the last dim: `(.., n)` f32 or f64 → `(..)` f64, computed as `m +
+    /// ln Σ exp(x − m)` with `m` the row's max (no overflow), the sum in f64 (f32 rows use the
+    /// SIMD exp). A row holding NaN gives NaN; a row of `-inf` (or an empty row) gives `-inf`.
+    pub fn logsumexp(&self) -> Result<Tensor> {
+        const OP: &str = "logsumexp";
+        f32_or_f64(OP, self)?;
+        if self.rank() == 0 {
+            return Err(Error::invalid(OP, "needs rank ≥ 1"));
+        }
+        let (rows, n) = rows_of(self);
+        let mut out = vec![0f64; rows];
+        let dims = &self.dims()[..self.rank() - 1];
+        if n == 0 {
+            out.fill(f64::NEG_INFINITY);
+            return Tensor::from_vec(out, dims);
+        }
+        let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        match self.dtype() {
+            DType::F32 => {
+                let x = self.values::<f32>();
+                out.par_chunks_mut(per).enumerate().for_each(|(c, o)| {
+                    let (mut shifted, mut e) = (vec![0f32; n], vec![0f32; n]);
+                    for (i, lse) in o.iter_mut().enumerate() {
+                        let row = &x[(c * per + i) * n..(c * per + i + 1) * n];
+                        let m = row.iter().copied().fold(f32::NEG_INFINITY, |m, v| {
+                            if v > m || v.is_nan() {
+                                v
+                            } else {
+                                m
+                            }
+                        });
+                        if !m.is_finite() {
+                            *lse = if row.iter().any(|v| v.is_nan()) {
+                                f64::NAN
+                            } else {
+                                m as f64
+                            };
+                            continue;
+                        }
+                        for (s, &v) in shifted.iter_mut().zip(row) {
+                            *s = v - m;
+                        }
+                        fused::exp(&shifted, &mut e);
+                        let sum: f64 = e
+                            .chunks(16)
+                            .map(|c| c.iter().map(|&e| e as f64).sum::<f64>())
+                            .sum();
+                        *lse = m as f64 + sum.ln();
+                    }
+                });
+            }
+            _ => {
+                let x = self.values::<f64>();
+                out.par_chunks_mut(per).enumerate().for_each(|(c, o)| {
+                    for (i, lse) in o.iter_mut().enumerate() {
+                        let row = &x[(c * per + i) * n..(c * per + i + 1) * n];
+                        let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        *lse = if row.iter().any(|v| v.is_nan()) {
+                            f64::NAN
+                        } else if !m.is_finite() {
+                            m
+                        } else {
+                            m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln()
+                        };
+                    }
+                });
+            }
+        }
+        Tensor::from_vec(out, dims)
+    }
+
     /// Rotary position embedding (Su et al. 2021, eq. 34): `x: (batch, seq, heads, head_dim)`
     /// f32 or f64, row `s` of each sequence rotated by position `offset + s` with `tables` (whose
     /// pair layout is the checkpoint's) → same shape.

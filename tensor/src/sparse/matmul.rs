@@ -153,6 +153,41 @@ impl SparseTensor {
         Tensor::from_vec(y, dims)
     }
 
+    /// Several sparse products with one input, `x · Wᵢᵀ` each (a layer's Q/K/V or gate/up): one
+    /// rayon scope, so the threads balance over every product's row tasks instead of meeting at
+    /// a join after each.
+    pub fn matmul_nt_many(ws: &[&SparseTensor], x: &Tensor) -> Result<Vec<Tensor>> {
+        let Some(first) = ws.first() else {
+            return Ok(Vec::new());
+        };
+        let kk = first.shape()[1];
+        let x = check_input("SparseTensor::matmul_nt_many", x, kk)?;
+        for w in ws {
+            if w.shape()[1] != kk {
+                return Err(Error::invalid(
+                    "SparseTensor::matmul_nt_many",
+                    format!("weights of {} and {kk} columns", w.shape()[1]),
+                ));
+            }
+        }
+        let m = x.elem_count() / kk.max(1);
+        let xs = x.as_slice::<f32>()?;
+        let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.shape()[0]]).collect();
+        rayon::scope(|s| {
+            for (w, y) in ws.iter().zip(ys.iter_mut()) {
+                s.spawn(move |_| w.matmul_nt_slice(xs, m, y));
+            }
+        });
+        ws.iter()
+            .zip(ys)
+            .map(|(w, y)| {
+                let mut dims = x.dims().to_vec();
+                *dims.last_mut().expect("rank ≥ 1") = w.shape()[0];
+                Tensor::from_vec(y, dims)
+            })
+            .collect()
+    }
+
     /// `dy: (..., rows)` f32 → `(..., cols)` f32, `dx = dy · W`.
     pub fn matmul_nn(&self, dy: &Tensor) -> Result<Tensor> {
         let [n, kk] = self.shape();
