@@ -225,7 +225,9 @@ pub(crate) fn matmul_nt_backward(
     g: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (n, k) = (w.dims()[0], w.dims()[1]);
-    let m = g.elem_count() / n.max(1);
+    // The rows of x, not `g.elem_count() / n`: with no output features (n = 0) g is empty
+    // whatever m is, and dx must still have x's shape.
+    let m: usize = x.dims()[..x.rank() - 1].iter().product();
     let g2 = g.reshape([m, n])?;
     let dx = if x.requires_grad() {
         let wt = w.tensor().to_dtype(g.dtype())?;

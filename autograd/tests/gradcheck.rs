@@ -1,89 +1,15 @@
 //! Gradient checks: every backward rule against f64 central finite differences, over random
 //! shapes (including size-1 and broadcast dims) and values, plus hand-derived cases and the
-//! graph's bookkeeping (accumulation, no_grad, constants, detach).
-//!
-//! Tolerances. For `L(x) = Σ f(x) ⊙ r` the central difference `(L(x+h) − L(x−h)) / 2h` has a
-//! truncation error `h²/6 · L'''` (≈ 1e-12 · L''' for h = 1e-6) and a rounding error of about
-//! `ε · Σ|f ⊙ r| / h` (ε = 2.2e-16, so ≈ 2e-10 per unit of the summed magnitude). We therefore
-//! compare with `rtol = 1e-6` and `atol = 1e-8 · max(1, Σ|f ⊙ r|)`: about 50× the rounding
-//! noise, yet far below any error a wrong rule produces (those are O(|gradient|)).
+//! graph's bookkeeping (accumulation, no_grad, constants, detach). The fused ops (`Var::matmul_nt`,
+//! `rms_norm`, `rope`, `causal_attention`, ...) are checked in `gradcheck_fused.rs`; the checker
+//! and its tolerances are in `common/mod.rs`.
 
+mod common;
+
+use common::{check_grad, pc};
 use proptest::prelude::*;
 use shears_autograd::{nn, no_grad, Var};
 use shears_tensor::{DType, Result, Tensor};
-
-const H: f64 = 1e-6;
-const RTOL: f64 = 1e-6;
-const ATOL: f64 = 1e-8;
-
-/// Compares the analytic gradient of `Σ f(x) ⊙ r` (for a fixed random `r`) with f64 central
-/// finite differences, for every element of every input. Inputs are converted to f64.
-fn check_grad(
-    f: impl Fn(&[Var]) -> Result<Var>,
-    inputs: &[Tensor],
-) -> std::result::Result<(), String> {
-    let e = |err: shears_tensor::Error| err.to_string();
-    let inputs: Vec<Tensor> = inputs
-        .iter()
-        .map(|t| t.to_dtype(DType::F64))
-        .collect::<Result<_>>()
-        .map_err(e)?;
-    let params: Vec<Var> = inputs.iter().cloned().map(Var::param).collect();
-    let out = f(&params).map_err(e)?;
-    let r = Tensor::randn(out.shape(), 0.0, 1.0, DType::F64, 0x5EED).map_err(e)?;
-    let weighted = out.mul(&Var::constant(r.clone())).map_err(e)?;
-    let scale: f64 = weighted.tensor().to_vec_f64().iter().map(|v| v.abs()).sum();
-    let atol = ATOL * scale.max(1.0);
-    let grads = weighted.sum_all().map_err(e)?.backward().map_err(e)?;
-    let loss = |xs: &[Tensor]| -> Result<f64> {
-        no_grad(|| {
-            let vars: Vec<Var> = xs.iter().cloned().map(Var::constant).collect();
-            let y = f(&vars)?;
-            assert!(!y.requires_grad(), "no_grad recorded a graph");
-            Ok(y.tensor().mul(&r)?.to_vec_f64().iter().sum())
-        })
-    };
-    for (i, x) in inputs.iter().enumerate() {
-        let analytic = match grads.get(&params[i]) {
-            Some(g) => {
-                if g.dims() != x.dims() {
-                    return Err(format!(
-                        "input {i}: gradient shape {:?} vs {:?}",
-                        g.dims(),
-                        x.dims()
-                    ));
-                }
-                g.to_vec_f64()
-            }
-            None => vec![0.0; x.elem_count()],
-        };
-        let base = x.to_vec_f64();
-        for j in 0..base.len() {
-            let at = |d: f64| -> Result<f64> {
-                let mut v = base.clone();
-                v[j] += d;
-                let mut xs = inputs.clone();
-                xs[i] = Tensor::from_vec(v, x.shape())?;
-                loss(&xs)
-            };
-            let numeric = (at(H).map_err(e)? - at(-H).map_err(e)?) / (2.0 * H);
-            let a = analytic[j];
-            // Written so that a NaN on either side fails.
-            let close = (a - numeric).abs() <= atol + RTOL * numeric.abs();
-            if !close {
-                return Err(format!(
-                    "input {i} {:?}, element {j}: analytic {a}, numeric {numeric} (atol {atol})",
-                    x.dims()
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn pc(r: std::result::Result<(), String>) -> std::result::Result<(), TestCaseError> {
-    r.map_err(TestCaseError::fail)
-}
 
 // ---- inputs ----
 

@@ -510,3 +510,44 @@ fn mismatched_state_is_an_error() -> Result<()> {
     assert!(AdamW::new(0.1).step(&mut dup, &g).is_err());
     Ok(())
 }
+
+/// A pruned weight trained densely through `matmul_nt_masked` (no mask on the `Param`): the mask
+/// zeroes the pruned entries of dW, so AdamW's moments stay 0 there and its decoupled decay
+/// scales 0; SGD's coupled decay adds `wd · 0`. Pruned entries stay exactly 0.0 while the kept
+/// ones train.
+#[test]
+fn matmul_nt_masked_keeps_pruned_weights_at_zero() -> Result<()> {
+    let keep: Vec<u8> = (0..4 * 6).map(|i| u8::from(i % 3 != 1)).collect();
+    let mask = Tensor::from_vec(keep.clone(), [4, 6])?;
+    let x = Var::constant(Tensor::randn([5, 6], 0.0, 1.0, DType::F64, 1)?);
+    let y = Var::constant(Tensor::randn([5, 4], 0.0, 1.0, DType::F64, 2)?);
+    for (dtype, adam) in [(DType::F64, true), (DType::F32, false)] {
+        // Pruned with a select: multiplying by the mask would leave −0.0 where w < 0.
+        let w0 = Tensor::randn([4, 6], 0.0, 1.0, dtype, 3)?;
+        let w0 = mask.where_cond(&w0, &w0.zeros_like()?)?;
+        let mut params = vec![Param::new("w", w0.clone())?];
+        let mut adamw = AdamW::new(0.05);
+        adamw.weight_decay = 0.1;
+        let mut sgd = Sgd::new(0.05);
+        (sgd.momentum, sgd.weight_decay) = (0.9, 0.1);
+        let (x, y) = (x.to_dtype(dtype)?, y.to_dtype(dtype)?);
+        for _ in 0..5 {
+            let pred = x.matmul_nt_masked(params[0].var(), &mask)?;
+            let grads = nn::mse(&pred, &y)?.backward()?;
+            if adam {
+                adamw.step(&mut params, &grads)?;
+            } else {
+                sgd.step(&mut params, &grads)?;
+            }
+            let (w, init) = (params[0].tensor().to_vec_f64(), w0.to_vec_f64());
+            for i in 0..w.len() {
+                if keep[i] == 0 {
+                    assert_eq!(w[i].to_bits(), 0, "{dtype} pruned entry {i} is {}", w[i]);
+                } else {
+                    assert_ne!(w[i], init[i], "{dtype} kept entry {i} did not train");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -132,7 +132,7 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for up to `capacity` positions storing keys and values as `dtype` (f32,
-    /// bf16 or f16), one layer per `(kv_heads, head_dim)` of `layers`.
+    /// bf16 or f16), one layer per `(kv_heads, head_dim)` of `layers` (both positive).
     pub fn new(capacity: usize, dtype: DType, layers: &[(usize, usize)]) -> Result<KvCache> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::UnsupportedDType {
@@ -140,6 +140,16 @@ impl KvCache {
                 dtype,
                 expected: "an f32, bf16 or f16 KV cache",
             });
+        }
+        // A layer without KV heads or with empty heads cannot be attended (the attention divides
+        // by kv_heads and splits rows of head_dim): refuse it here rather than panic there.
+        if let Some(&(kv_heads, head_dim)) = layers.iter().find(|&&(k, d)| k == 0 || d == 0) {
+            return Err(Error::invalid(
+                "KvCache",
+                format!(
+                    "a layer needs kv_heads > 0 and head_dim > 0, got ({kv_heads}, {head_dim})"
+                ),
+            ));
         }
         let layers = layers
             .iter()
@@ -196,7 +206,8 @@ impl KvCache {
     /// Commits `t` new positions once every layer has written them with
     /// [`Tensor::attend_cached`].
     pub fn advance(&mut self, t: usize) -> Result<()> {
-        if self.len + t > self.capacity {
+        // `len ≤ capacity` always, so this cannot underflow (and `len + t` could overflow).
+        if t > self.capacity - self.len {
             return Err(Error::invalid(
                 "KvCache::advance",
                 format!(
@@ -236,6 +247,7 @@ impl Tensor {
         let ok = qd.len() == 4
             && qd[0] == 1
             && qd[3] == hd
+            && qd[2] > 0
             && qd[2].is_multiple_of(kvh)
             && kd == [1, qd[1], kvh, hd]
             && v.dims() == kd;
@@ -245,8 +257,8 @@ impl Tensor {
                 self.shape(),
                 k.shape(),
                 format!(
-                    "expected q (1, t, heads, {hd}) and k, v (1, t, {kvh}, {hd}) for this \
-                     layer's cache; v is {}",
+                    "expected q (1, t, heads, {hd}) with heads a positive multiple of {kvh}, \
+                     and k, v (1, t, {kvh}, {hd}) for this layer's cache; v is {}",
                     v.shape()
                 ),
             ));

@@ -431,12 +431,12 @@ impl Tensor {
             ));
         }
         let (b, t, heads, hd) = (d[0], d[1], d[2], d[3]);
-        if offset + t > tables.max_pos {
+        // Checked: an offset near usize::MAX must be an error, not an overflow.
+        if offset.checked_add(t).is_none_or(|end| end > tables.max_pos) {
             return Err(Error::invalid(
                 op,
                 format!(
-                    "positions up to {} are beyond the rotary tables' {} positions",
-                    offset + t - 1,
+                    "{t} positions from {offset} are beyond the rotary tables' {} positions",
                     tables.max_pos
                 ),
             ));
@@ -466,7 +466,8 @@ impl Tensor {
                 let mut y = self.values::<f64>().into_owned();
                 let h = hd / 2;
                 let sign = if inverse { -1.0 } else { 1.0 };
-                for (row, &p) in y.chunks_mut(heads * hd).zip(&positions) {
+                // `max(1)`: with no heads there are no elements, and chunks_mut(0) panics.
+                for (row, &p) in y.chunks_mut((heads * hd).max(1)).zip(&positions) {
                     for head in row.chunks_mut(hd) {
                         for i in 0..h {
                             let (ia, ib) = tables.pair(i);
