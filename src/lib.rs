@@ -7,6 +7,7 @@ pub use shears_pruning as pruning;
 pub use shears_tensor as tensor;
 
 pub mod fetch;
+mod pypi;
 
 /// The README's example, compiled and run as a doc test so the front door stays correct.
 #[doc = include_str!("../README.md")]

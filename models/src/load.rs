@@ -324,27 +324,6 @@ pub fn interleaved_to_half_split(w: &Tensor, heads: usize) -> Result<Tensor> {
     w.index_select(&Tensor::from_vec(idx, [rows])?, 0)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        std::fs::remove_file(&tmp).ok();
-    }
-    result.map_err(io_err)
-}
-
 /// Saves `model` (and `tokenizer`, if given) as an HF directory: `config.json`,
 /// `model.safetensors` (weights in `dtype`, default: as held) and `tokenizer.json`. Q/K rows are
 /// written in HF's half-split layout; sparse projections are written dense, pruned entries as
@@ -366,13 +345,8 @@ pub fn save_hf(
         dir.join(io::SINGLE_FILE),
         Some(&meta),
     )?;
-    write_atomic(
-        &dir.join("config.json"),
-        model
-            .config
-            .to_json_string_with_dtype(torch_dtype(target))
-            .as_bytes(),
-    )?;
+    let config = model.config.to_json_string_with_dtype(torch_dtype(target));
+    io::write_atomic(&dir.join("config.json"), |w| w.write_all(config.as_bytes()))?;
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;
     }
@@ -475,7 +449,7 @@ pub fn save_compressed(
     });
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::invalid("save_compressed", format!("config to JSON: {e}")))?;
-    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    io::write_atomic(&dir.join("config.json"), |w| w.write_all(text.as_bytes()))?;
     if let Some(tok) = tokenizer {
         tok.save(&dir.join("tokenizer.json"))?;
     }

@@ -502,7 +502,7 @@ impl Tokenizer {
             .inner
             .to_string(true)
             .map_err(|e| tok_err(format!("serializing tokenizer.json: {e}")))?;
-        write_atomic(path, json.as_bytes())
+        shears_tensor::io::write_atomic(path, |w| std::io::Write::write_all(w, json.as_bytes()))
     }
 
     /// An incremental decoder for generation that keeps special tokens in its output; see
@@ -532,42 +532,6 @@ fn unsupported_model(model: &str) -> Error {
     Error::Unsupported {
         what: format!("tokenizer model `tokenizer.ggml.model` = `{model}`{hint} (supported: gpt2)"),
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        Error::invalid("save", format!("{} does not name a file", path.display()))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(e));
-    }
-    // Best effort: not every platform can sync a directory.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// Incremental decoding: feed ids one at a time as they are generated, get back the text each

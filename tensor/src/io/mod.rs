@@ -1,7 +1,8 @@
 //! Checkpoint IO: safetensors files, HF sharded checkpoints and directories holding either.
 //! Loading memory-maps the file and tensors borrow it (no copy); saving is atomic (temporary
-//! file, fsync, rename), so a crash never leaves a half-written checkpoint behind. GGUF files
-//! (llama.cpp's format, with Q8_0/Q4_0/Q4_1 dequantized on load) are read by [`Gguf`].
+//! file, fsync, rename: [`write_atomic`], which every file the workspace writes goes through),
+//! so a crash never leaves a half-written checkpoint behind. GGUF files (llama.cpp's format, with
+//! Q8_0/Q4_0/Q4_1 dequantized on load) are read by [`Gguf`].
 //!
 //! ```
 //! use shears_tensor::{io, DType, Tensor};
@@ -22,19 +23,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod atomic;
 pub mod gguf;
 pub mod safetensors;
 
+pub use self::atomic::{write_atomic, AtomicFile};
 pub use self::gguf::{GgmlType, Gguf, GgufTensorInfo, GgufValue};
 pub use self::safetensors::{load, load_metadata, save, Header, TensorInfo};
 
 use self::safetensors::{io_err, prepare, save_prepared, Prepared};
 use crate::{Error, Result, Tensor};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The single-file checkpoint name a directory may hold (HF `save_pretrained`).
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -270,76 +271,4 @@ pub fn save_sharded<'a, S: AsRef<str>>(
     })?;
     paths.push(index_path);
     Ok(paths)
-}
-
-// ---------------------------------------------------------------- atomic writes
-
-/// Writes a file atomically: `write` fills `.{name}.tmp.{pid}.{n}` in the same directory, which
-/// is synced and renamed over `path` (and the directory synced so the rename survives a crash).
-/// The temporary file is removed on failure. Renaming, not truncating, also keeps alive any
-/// memory map of the file being replaced.
-pub(crate) fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let Some(name) = path.file_name() else {
-        return Err(Error::invalid(
-            "save",
-            format!("{} does not name a file", path.display()),
-        ));
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let mut w = BufWriter::new(file);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(e));
-    }
-    // Best effort: some platforms and file systems cannot open or sync a directory.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_write_leaves_no_temp_file() {
-        let dir = std::env::temp_dir().join(format!("shears-io-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.bin");
-        let err = write_atomic(&path, |w| {
-            w.write_all(b"partial")?;
-            Err(std::io::Error::other("disk full"))
-        })
-        .unwrap_err();
-        assert!(matches!(err, Error::Io { .. }));
-        assert!(err.to_string().contains("x.bin"));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

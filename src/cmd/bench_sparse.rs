@@ -13,7 +13,7 @@
 //! last-level cache, as in a real decode. Masks are random with the given density per row (2:4:
 //! two random positions of every four).
 
-use super::CliResult;
+use super::common::{json_line, thread_pool, CliResult, ThreadsArg};
 use clap::Args;
 use shears::kernels::limits;
 use shears::tensor::sparse::{Bitmask, Csr, NmSparse, SparseTensor};
@@ -28,9 +28,8 @@ pub struct SparseArgs {
     /// dense_seconds, speedup, ...), after a "limits" object.
     #[arg(long)]
     json: bool,
-    /// Threads to run on [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Fewer repetitions.
     #[arg(long)]
     quick: bool,
@@ -129,11 +128,7 @@ fn time(copies: usize, target: f64, mut f: impl FnMut(usize)) -> f64 {
 }
 
 pub fn run(args: &SparseArgs) -> CliResult {
-    let threads = match args.threads {
-        Some(0) => return Err("--threads must be at least 1".into()),
-        Some(t) => t,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+    let threads = args.threads.count()?;
     let read_bytes = if args.only_small {
         16 << 20
     } else {
@@ -146,8 +141,14 @@ pub fn run(args: &SparseArgs) -> CliResult {
         writeln!(
             out,
             "{}",
-            serde_json::json!({"kind": "limits", "fma_gflops": lim.fma_gflops,
-                "read_gbps": lim.read_gbps, "threads": lim.threads, "level": lim.level.name()})
+            // Keys in alphabetical order, as this line has always printed them.
+            json_line(&[
+                ("fma_gflops", lim.fma_gflops.into()),
+                ("kind", "limits".into()),
+                ("level", lim.level.name().into()),
+                ("read_gbps", lim.read_gbps.into()),
+                ("threads", lim.threads.into()),
+            ])
         )?;
     } else {
         writeln!(
@@ -200,9 +201,7 @@ pub fn run(args: &SparseArgs) -> CliResult {
     } else {
         0.4
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
+    let pool = thread_pool(threads)?;
     let mut rng = Rng::new(7);
     for &(rows, cols) in shapes {
         let dense_f32 = Tensor::randn([rows, cols], 0.0, 0.02, DType::F32, 1)?;
@@ -251,15 +250,24 @@ pub fn run(args: &SparseArgs) -> CliResult {
                         writeln!(
                             out,
                             "{}",
-                            serde_json::json!({
-                                "format": format.name(), "sparsity": format.sparsity(),
-                                "pattern": format.label(), "batch": batch, "rows": rows,
-                                "cols": cols, "dtype": dtype.as_str(), "seconds": ts,
-                                "dense_seconds": td, "speedup": speedup,
-                                "sparse_bytes": sbytes, "dense_bytes": bytes,
-                                "sparse_gbps": gbps, "dense_gbps": bytes as f64 / td / 1e9,
-                                "threads": threads,
-                            })
+                            // Keys in alphabetical order, as these lines have always printed them.
+                            json_line(&[
+                                ("batch", batch.into()),
+                                ("cols", cols.into()),
+                                ("dense_bytes", bytes.into()),
+                                ("dense_gbps", (bytes as f64 / td / 1e9).into()),
+                                ("dense_seconds", td.into()),
+                                ("dtype", dtype.as_str().into()),
+                                ("format", format.name().into()),
+                                ("pattern", format.label().into()),
+                                ("rows", rows.into()),
+                                ("seconds", ts.into()),
+                                ("sparse_bytes", sbytes.into()),
+                                ("sparse_gbps", gbps.into()),
+                                ("sparsity", format.sparsity().into()),
+                                ("speedup", speedup.into()),
+                                ("threads", threads.into()),
+                            ])
                         )?;
                     } else {
                         writeln!(

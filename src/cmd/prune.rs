@@ -1,8 +1,14 @@
 //! `shears prune`: one-shot pruning of a model, layer by layer, with perplexity before and after.
+//!
+//! ```text
+//! shears prune --sparsity 0.5 --eval                # SparseGPT on the fetched model, ppl before/after
+//! shears prune --method wanda --nm 2:4 --out pruned --format compressed --json
+//! shears prune --method magnitude --sparsity 0.3 --bench   # decode speed dense vs sparse layers
+//! ```
 
-use crate::model_cmd::{self, ModelArgs};
+use super::common::{json_line, peak_rss_bytes, progress_bar, CliResult};
+use super::model::{decode_tokens_per_s, default_texts, ModelArgs};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use shears::models::eval;
 use shears::models::load;
 use shears::pruning::calibrate::{self, Event, Method, PruneConfig};
@@ -10,8 +16,6 @@ use shears::pruning::Sparsity;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// How the pruned model is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,16 +99,7 @@ fn parse_nm(s: &str) -> Result<(usize, usize), String> {
     Ok((n, m))
 }
 
-fn default_files(names: &[&str]) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
-    let dir = shears::fetch::default_data_dir();
-    let files: Vec<PathBuf> = names.iter().map(|f| dir.join(f)).collect();
-    if files.iter().any(|f| !f.exists()) {
-        model_cmd::ensure_default_assets(&dir)?;
-    }
-    Ok(files)
-}
-
-pub fn run_prune(args: &PruneArgs) -> CliResult {
+pub fn run(args: &PruneArgs) -> CliResult {
     let t_all = Instant::now();
     let sparsity = match (args.sparsity, args.nm) {
         (_, Some((n, m))) => Sparsity::NM { n, m },
@@ -118,7 +113,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
     let (mut model, tok, load_secs) = args.model.load()?;
     let show = !args.json && std::io::stderr().is_terminal();
     let calib_files = if args.calib.is_empty() {
-        default_files(&["lcet10.txt", "plrabn12.txt"])?
+        default_texts(|dir| ["lcet10.txt", "plrabn12.txt"].map(|f| dir.join(f)).to_vec())?
     } else {
         args.calib.clone()
     };
@@ -130,7 +125,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
         None => None,
         Some(files) => {
             let files = if files.is_empty() {
-                default_files(&["alice29.txt", "asyoulik.txt"])?
+                default_texts(eval::default_eval_files)?
             } else {
                 files.clone()
             };
@@ -143,11 +138,11 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
     };
     let run_eval = |model: &shears::models::llama::Llama,
                     what: &str|
-     -> Result<Option<eval::PerplexityReport>, Box<dyn std::error::Error>> {
+     -> CliResult<Option<eval::PerplexityReport>> {
         let Some(ids) = &eval_ids else {
             return Ok(None);
         };
-        let bar = bar(
+        let bar = progress_bar(
             (ids.len() / args.seqlen) as u64,
             show,
             &format!("windows ({what})"),
@@ -169,7 +164,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
     };
     let bench_prompt: Vec<u32> = windows[0].clone();
     let decode_dense = if args.bench {
-        let tps = model_cmd::decode_tokens_per_s(&model, &bench_prompt, 128)?;
+        let tps = decode_tokens_per_s(&model, &bench_prompt, 128)?;
         if !args.json {
             eprintln!("decode dense: {tps:.1} tokens/s");
         }
@@ -183,7 +178,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
         cfg.true_sequential = ts;
     }
     let layers = model.config.num_hidden_layers;
-    let layer_bar = bar(layers as u64, show, "layers");
+    let layer_bar = progress_bar(layers as u64, show, "layers");
     let mut log = |e: Event| match e {
         Event::Embedded { windows } => {
             layer_bar.set_message(format!("{windows} calibration windows embedded"))
@@ -234,7 +229,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
     let decode_sparse = if args.bench {
         // The pruned projections move into sparse layers; the function is the same.
         load::sparsify(&mut model, layout)?;
-        let tps = model_cmd::decode_tokens_per_s(&model, &bench_prompt, 128)?;
+        let tps = decode_tokens_per_s(&model, &bench_prompt, 128)?;
         if !args.json {
             eprintln!("decode pruned (sparse layers): {tps:.1} tokens/s");
         }
@@ -262,37 +257,50 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
             );
         }
     }
-    let rss = model_cmd::peak_rss_bytes();
+    let rss = peak_rss_bytes();
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let target = match &sparsity {
-            Sparsity::Unstructured(s) => serde_json::json!(s),
-            Sparsity::NM { n, m } => serde_json::json!(format!("{n}:{m}")),
+        let target: serde_json::Value = match &sparsity {
+            Sparsity::Unstructured(s) => (*s).into(),
+            Sparsity::NM { n, m } => format!("{n}:{m}").into(),
         };
-        let v = serde_json::json!({
-            "method": args.method.name(),
-            "sparsity": target,
-            "achieved_sparsity": report.sparsity,
-            "seconds": report.seconds,
-            "total_seconds": t_all.elapsed().as_secs_f64(),
-            "load_secs": load_secs,
-            "nsamples": args.nsamples,
-            "seqlen": args.seqlen,
-            "seed": args.seed,
-            "true_sequential": cfg.true_sequential,
-            "ppl_before": before.as_ref().map(|r| r.ppl),
-            "ppl_after": after.as_ref().map(|r| r.ppl),
-            "eval_windows": after.as_ref().map(|r| r.windows),
-            "peak_rss_bytes": rss,
-            "decode_tokens_per_s_dense": decode_dense,
-            "decode_tokens_per_s_pruned": decode_sparse,
-            "decode_speedup": decode_dense.zip(decode_sparse).map(|(d, s)| s / d),
-            "threads": rayon::current_num_threads(),
-            "out": args.out.as_ref().map(|p| p.display().to_string()),
-            "format": args.out.as_ref().map(|_| format!("{:?}", args.format).to_lowercase()),
-            "layers": report.layers,
-        });
-        writeln!(stdout, "{v}")?;
+        // Keys in alphabetical order, as this line has always printed them.
+        let line = json_line(&[
+            ("achieved_sparsity", report.sparsity.into()),
+            (
+                "decode_speedup",
+                decode_dense.zip(decode_sparse).map(|(d, s)| s / d).into(),
+            ),
+            ("decode_tokens_per_s_dense", decode_dense.into()),
+            ("decode_tokens_per_s_pruned", decode_sparse.into()),
+            ("eval_windows", after.as_ref().map(|r| r.windows).into()),
+            (
+                "format",
+                args.out
+                    .as_ref()
+                    .map(|_| format!("{:?}", args.format).to_lowercase())
+                    .into(),
+            ),
+            ("layers", serde_json::to_value(&report.layers)?),
+            ("load_secs", load_secs.into()),
+            ("method", args.method.name().into()),
+            ("nsamples", args.nsamples.into()),
+            (
+                "out",
+                args.out.as_ref().map(|p| p.display().to_string()).into(),
+            ),
+            ("peak_rss_bytes", rss.into()),
+            ("ppl_after", after.as_ref().map(|r| r.ppl).into()),
+            ("ppl_before", before.as_ref().map(|r| r.ppl).into()),
+            ("seconds", report.seconds.into()),
+            ("seed", args.seed.into()),
+            ("seqlen", args.seqlen.into()),
+            ("sparsity", target),
+            ("threads", rayon::current_num_threads().into()),
+            ("total_seconds", t_all.elapsed().as_secs_f64().into()),
+            ("true_sequential", cfg.true_sequential.into()),
+        ]);
+        writeln!(stdout, "{line}")?;
     } else {
         let fmt = |r: &Option<eval::PerplexityReport>| {
             r.as_ref().map_or("-".into(), |r| format!("{:.4}", r.ppl))
@@ -321,10 +329,7 @@ pub fn run_prune(args: &PruneArgs) -> CliResult {
 /// Writes a directory through `write` into a temporary sibling, then renames it into place (an
 /// existing `out` is replaced only once the new one is complete), so an interrupted run leaves
 /// the old output or none, never half of one.
-fn save_atomically(
-    out: &Path,
-    write: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
-) -> CliResult {
+fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -350,18 +355,4 @@ fn save_atomically(
         std::fs::rename(&tmp, out)?;
     }
     Ok(())
-}
-
-fn bar(len: u64, show: bool, unit: &str) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed}} < {{eta}}]"
-        ))
-        .expect("a valid template"),
-    );
-    bar
 }

@@ -1,4 +1,4 @@
-//! `shears bench`: kernel speeds next to this machine's limits.
+//! `shears bench kernels`: kernel speeds next to this machine's limits.
 //!
 //! ```text
 //! shears bench kernels                      # limits probe, then a table of GEMM and x·Wᵀ shapes
@@ -13,8 +13,8 @@
 //! what bounds each; decode cycles through copies of W so that it reads them from memory, not
 //! from the last-level cache. Progress goes to stderr, so stdout stays clean for `--json`.
 
-use super::CliResult;
-use clap::{Args, Subcommand, ValueEnum};
+use super::common::{json_line, thread_pool, CliResult, ThreadsArg};
+use clap::{Args, ValueEnum};
 use half::{bf16, f16};
 use shears::kernels::cpu::{self, Level};
 use shears::kernels::gemm::{self, MatRef};
@@ -25,31 +25,12 @@ use std::io::Write;
 use std::time::Instant;
 
 #[derive(Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    what: Option<BenchCommand>,
-    #[command(flatten)]
-    model: crate::model_cmd::ModelBenchArgs,
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Time dense GEMM and x·Wᵀ with f32, bf16 and f16 weights against the machine's f32 FMA peak
-    /// and memory read bandwidth, which are probed first.
-    Kernels(KernelsArgs),
-    /// Time sparse weight products (bitmask, N:M, CSR) against the dense kernel in the same run.
-    Sparse(crate::bench_sparse::SparseArgs),
-}
-
-#[derive(Args)]
-struct KernelsArgs {
+pub struct KernelsArgs {
     /// Print one JSON object per line: a "limits" object, then one per shape.
     #[arg(long)]
     json: bool,
-    /// Threads to run on [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArg,
     /// Fewer repetitions: about 0.1 s per shape instead of 0.5 s.
     #[arg(long)]
     quick: bool,
@@ -75,14 +56,6 @@ impl From<LevelArg> for Level {
             LevelArg::Avx2 => Level::Avx2,
             LevelArg::Avx512 => Level::Avx512,
         }
-    }
-}
-
-pub fn run(args: &BenchArgs) -> CliResult {
-    match &args.what {
-        Some(BenchCommand::Kernels(a)) => kernels(a),
-        Some(BenchCommand::Sparse(a)) => crate::bench_sparse::run(a),
-        None => crate::model_cmd::run_model_bench(&args.model),
     }
 }
 
@@ -190,12 +163,8 @@ struct Row {
     peak_fraction: f64,
 }
 
-fn kernels(args: &KernelsArgs) -> CliResult {
-    let threads = match args.threads {
-        Some(0) => return Err("--threads must be at least 1".into()),
-        Some(t) => t,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
+pub fn run(args: &KernelsArgs) -> CliResult {
+    let threads = args.threads.count()?;
     if let Some(l) = args.level {
         let level = Level::from(l);
         if !cpu::force(Some(level)) {
@@ -254,9 +223,7 @@ fn kernels(args: &KernelsArgs) -> CliResult {
     } else {
         (0.5, 3)
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
+    let pool = thread_pool(threads)?;
     let mut table = Vec::new();
     for case in cases(args.only_small) {
         eprintln!(
@@ -428,15 +395,6 @@ impl Iterator for Lcg {
 
 fn lcg(len: usize, seed: u64) -> Vec<f32> {
     Lcg::new(seed).take(len).collect()
-}
-
-/// One JSON object with the keys in the given order (serde_json's maps would sort them).
-fn json_line(fields: &[(&str, serde_json::Value)]) -> String {
-    let body: Vec<String> = fields
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(*k)))
-        .collect();
-    format!("{{{}}}", body.join(","))
 }
 
 fn write_table(out: &mut impl Write, rows: &[(Case, Row)]) -> std::io::Result<()> {
