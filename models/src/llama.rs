@@ -5,7 +5,7 @@
 //!
 //! The model is written once, on [`Var`] operations: inference, pruning calibration and training
 //! run the same [`DecoderLayer::forward`]. With constant weights nothing is recorded (inference
-//! pays one branch per op); with parameters (see [`Llama::set_trainable`]) the same pass records
+//! pays one branch per op); with parameters (see [`Llama::params`]) the same pass records
 //! the graph, batched over sequences, with per-layer hidden states and optional activation
 //! checkpointing ([`ForwardOptions`]). Layers may differ in their numbers of heads and MLP width
 //! (read from the weights).
@@ -29,10 +29,12 @@
 
 use crate::config::{LayerShape, LlamaConfig};
 use crate::layers::{Embedding, Linear, RmsNorm};
+use shears_autograd::optim::Param;
 use shears_autograd::{is_grad_enabled, no_grad, Var};
 pub use shears_tensor::kv::KvCache;
 use shears_tensor::{DType, Error, Result, RopeLayout, RopeTables, Tensor};
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Causal self-attention with grouped-query heads. The numbers of query and KV heads are those
@@ -111,6 +113,31 @@ pub struct ForwardOptions {
     /// Activation checkpointing per decoder layer when recording a graph: keep each layer's
     /// input and recompute the layer in the backward pass.
     pub checkpointing: bool,
+}
+
+/// Which weights [`Llama::params`] makes trainable. The default trains the decoder projections
+/// and norms and freezes the embeddings and the output head (they are not pruned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainSpec {
+    /// The seven projections of every decoder layer.
+    pub projections: bool,
+    /// Every RMSNorm gain.
+    pub norms: bool,
+    /// The embedding table (and the output head with it, when tied).
+    pub embeddings: bool,
+    /// The output head (when not tied).
+    pub head: bool,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        TrainSpec {
+            projections: true,
+            norms: true,
+            embeddings: false,
+            head: false,
+        }
+    }
 }
 
 /// The result of [`Llama::forward_batch`].
@@ -349,6 +376,130 @@ impl Llama {
             out.push(("lm_head.weight".to_string(), self.lm_head.weight_tensor()));
         }
         out
+    }
+
+    /// The trainable tensors `spec` selects, as optimizer parameters named by their checkpoint
+    /// keys: a dense projection's weight, a masked one's weight with its mask (pruned entries
+    /// stay exactly 0), a sparse one's kept values `[nnz]` (the structure is fixed). f32 or f64
+    /// weights only (convert a half-precision model first). Call [`set_params`](Self::set_params)
+    /// with them (and after every optimizer step) so the forward pass reads them.
+    pub fn params(&self, spec: TrainSpec) -> Result<Vec<Param>> {
+        let mut out = Vec::new();
+        let value = |name: &str, v: &Var| Param::new(name, v.tensor().clone());
+        if spec.embeddings {
+            out.push(value(
+                "model.embed_tokens.weight",
+                &self.model.embed_tokens.weight,
+            )?);
+        }
+        for (i, l) in self.model.layers.iter().enumerate() {
+            if spec.projections {
+                for (name, lin) in Self::layer_linears(l) {
+                    let p = value(&format!("model.layers.{i}.{name}.weight"), lin.var())?;
+                    out.push(match lin.mask() {
+                        Some(m) => p.with_mask(m.clone())?,
+                        None => p,
+                    });
+                }
+            }
+            if spec.norms {
+                for (name, n) in [
+                    ("input_layernorm", &l.input_layernorm),
+                    ("post_attention_layernorm", &l.post_attention_layernorm),
+                ] {
+                    out.push(value(
+                        &format!("model.layers.{i}.{name}.weight"),
+                        &n.weight,
+                    )?);
+                }
+            }
+        }
+        if spec.norms {
+            out.push(value("model.norm.weight", &self.model.norm.weight)?);
+        }
+        if spec.head && !self.config.tie_word_embeddings {
+            out.push(value("lm_head.weight", self.lm_head.var())?);
+        }
+        Ok(out)
+    }
+
+    /// Puts each parameter's current value (see [`params`](Self::params)) in its place, by
+    /// name, so the next forward pass records gradients for it. A tied embedding also becomes
+    /// the output head. Unknown names and wrong shapes are errors.
+    pub fn set_params(&mut self, params: &[Param]) -> Result<()> {
+        let mut by_name: HashMap<&str, &Param> = params.iter().map(|p| (p.name(), p)).collect();
+        let mut take = |name: &str| by_name.remove(name).map(|p| p.var().clone());
+        let check = |name: &str, old: &Var, new: &Var| {
+            if old.dims() != new.dims() {
+                return Err(Error::shape_msg(
+                    "Llama::set_params",
+                    new.shape(),
+                    old.shape(),
+                    format!("{name} has another shape"),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(v) = take("model.embed_tokens.weight") {
+            check(
+                "model.embed_tokens.weight",
+                &self.model.embed_tokens.weight,
+                &v,
+            )?;
+            if self.config.tie_word_embeddings {
+                self.lm_head.set_var(v.clone())?;
+            }
+            self.model.embed_tokens.weight = v;
+        }
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            for (name, lin) in Self::layer_linears_mut(l) {
+                if let Some(v) = take(&format!("model.layers.{i}.{name}.weight")) {
+                    lin.set_var(v)?;
+                }
+            }
+            for (name, n) in [
+                ("input_layernorm", &mut l.input_layernorm),
+                ("post_attention_layernorm", &mut l.post_attention_layernorm),
+            ] {
+                let key = format!("model.layers.{i}.{name}.weight");
+                if let Some(v) = take(&key) {
+                    check(&key, &n.weight, &v)?;
+                    n.weight = v;
+                }
+            }
+        }
+        if let Some(v) = take("model.norm.weight") {
+            check("model.norm.weight", &self.model.norm.weight, &v)?;
+            self.model.norm.weight = v;
+        }
+        if let Some(v) = take("lm_head.weight") {
+            self.lm_head.set_var(v)?;
+        }
+        if let Some(name) = by_name.keys().next() {
+            return Err(Error::invalid(
+                "Llama::set_params",
+                format!("no weight named {name}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns every dense decoder projection that holds exact zeros into a masked one (see
+    /// [`Linear::masked`]): trained densely, its zeros stay zeros. Returns how many changed.
+    pub fn mask_pruned_projections(&mut self) -> Result<usize> {
+        let mut changed = 0;
+        for l in &mut self.model.layers {
+            for (_, lin) in Self::layer_linears_mut(l) {
+                if let crate::layers::Weight::Dense(w) = &lin.weight {
+                    let mask = w.tensor().ne_zero()?;
+                    if mask.zero_fraction() > 0.0 {
+                        *lin = Linear::masked(w.clone(), &mask)?;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// [`layer_linears`](Self::layer_linears), mutable (pruning and sparsifying replace them).
