@@ -32,6 +32,8 @@ pub struct ModelBenchArgs {
     /// time-matched decode pass.
     #[arg(long)]
     no_limits: bool,
+    #[command(flatten)]
+    train: super::bench_train::TrainBenchArgs,
 }
 
 /// Bytes the bandwidth probe of `bench --model` reads: far larger than any cache, small next to
@@ -70,6 +72,9 @@ fn time_matched_decode(model: &Llama, ids: &[u32], steps: usize) -> CliResult<(f
 }
 
 pub fn run(args: &ModelBenchArgs) -> CliResult {
+    if args.train.train {
+        return super::bench_train::run(&args.model, &args.train, args.json, args.no_limits);
+    }
     let (model, _, load_secs) = args.model.load()?;
     let c = &model.config;
     if args.prefill == 0 || args.prefill + args.decode > c.max_position_embeddings {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_kernels;
 pub mod bench_sparse;
+pub mod bench_train;
 pub mod common;
 pub mod eval;
 pub mod fetch;

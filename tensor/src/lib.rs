@@ -30,7 +30,7 @@ pub mod test_util;
 pub use dtype::{DType, WithDType};
 pub use error::{Error, Result};
 pub use layout::{Layout, StridedOffsets};
-pub use ops::{BinaryOp, CmpOp, ReduceOp, RopeLayout, RopeTables, UnaryOp};
+pub use ops::{AdamWStep, BinaryOp, CmpOp, ReduceOp, RopeLayout, RopeTables, UnaryOp};
 pub use rng::Rng;
 pub use shape::{Dim, Shape};
 pub use storage::{Buf, CpuStorage, Device, Storage};

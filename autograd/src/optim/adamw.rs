@@ -2,7 +2,7 @@
 
 use super::{check_state, check_unique, Optimizer, Param};
 use crate::Grads;
-use shears_tensor::{DType, Error, Result, Tensor};
+use shears_tensor::{AdamWStep, DType, Error, Result, Tensor};
 use std::collections::BTreeMap;
 
 /// AdamW (Loshchilov & Hutter 2019, Algorithm 2), as `torch.optim.AdamW`: per parameter,
@@ -78,27 +78,22 @@ impl Optimizer for AdamW {
                 },
             };
             let step = st.step + 1;
-            let mut w = p.tensor().clone();
-            if self.weight_decay != 0.0 {
-                w = w.mul_scalar(1.0 - self.lr * self.weight_decay)?;
-            }
-            // Masked entries: g = 0 there, so both moments stay exactly 0.
-            let exp_avg = st
-                .exp_avg
-                .mul_scalar(self.beta1)?
-                .add(&g.mul_scalar(1.0 - self.beta1)?)?;
-            let exp_avg_sq = st
-                .exp_avg_sq
-                .mul_scalar(self.beta2)?
-                .add(&g.sqr()?.mul_scalar(1.0 - self.beta2)?)?;
-            let bc1 = 1.0 - self.beta1.powi(step as i32);
-            let bc2 = 1.0 - self.beta2.powi(step as i32);
-            let denom = exp_avg_sq
-                .sqrt()?
-                .div_scalar(bc2.sqrt())?
-                .add_scalar(self.eps)?;
-            let update = exp_avg.div(&denom)?.mul_scalar(self.lr / bc1)?;
-            p.set(w.sub(&update)?)?;
+            // Masked entries: g = 0 there, so both moments stay exactly 0. One fused pass, the
+            // same arithmetic as w·(1 − lr·wd) − m̂ / (√v̂ + ε) composed from elementwise ops.
+            let (w, exp_avg, exp_avg_sq) = p.tensor().adamw_step(
+                &g,
+                &st.exp_avg,
+                &st.exp_avg_sq,
+                &AdamWStep {
+                    lr: self.lr,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    weight_decay: self.weight_decay,
+                    step: step as u64,
+                },
+            )?;
+            p.set(w)?;
             self.state.insert(
                 p.name().to_string(),
                 AdamState {

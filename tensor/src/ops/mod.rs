@@ -9,6 +9,7 @@ mod linalg;
 mod matmul;
 mod movement;
 mod nn;
+mod optim;
 mod reduce;
 mod slice;
 mod sort;
@@ -16,5 +17,6 @@ mod unary;
 
 pub use binary::{BinaryOp, CmpOp};
 pub use nn::{RopeLayout, RopeTables};
+pub use optim::AdamWStep;
 pub use reduce::ReduceOp;
 pub use unary::UnaryOp;
