@@ -97,6 +97,8 @@ pub(crate) enum Op {
     CausalAttention(Var, Var, Var, f64),
     /// A dtype conversion: the gradient goes back to the input's dtype.
     ToDType(Var),
+    /// Logits `(N, C)`, class ids `(N)`, the ignored id.
+    CrossEntropy(Var, Tensor, Option<i64>),
     /// A function recomputed in the backward pass.
     Checkpoint(Box<Checkpointed>),
 }
@@ -130,7 +132,8 @@ impl Op {
             | Op::IndexSelect(x, ..)
             | Op::Gather(x, ..)
             | Op::Rope(x, ..)
-            | Op::ToDType(x) => f(x),
+            | Op::ToDType(x)
+            | Op::CrossEntropy(x, ..) => f(x),
             Op::Binary(a, b, _)
             | Op::Matmul(a, b)
             | Op::WhereCond(_, a, b)
@@ -408,6 +411,10 @@ pub(crate) fn propagate(op: &Op, g: Tensor, pending: &mut HashMap<u64, Tensor>) 
             acc(v, dv)
         }
         Op::ToDType(x) => acc(x, g.to_dtype(x.dtype())?),
+        Op::CrossEntropy(x, targets, ignore) => {
+            let gs = g.to_vec_f64()[0];
+            acc(x, x.tensor().cross_entropy_backward(targets, *ignore, gs)?)
+        }
         Op::Checkpoint(c) => checkpoint_backward(c, g, &mut acc),
         Op::WhereCond(mask, t, f) => {
             let zero = Tensor::zeros((), g.dtype())?;

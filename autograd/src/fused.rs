@@ -133,6 +133,17 @@ impl Var {
         Ok(Var::constant(t))
     }
 
+    /// Mean cross-entropy of `self = logits: (N, C)` against class ids `targets: (N)`, fused
+    /// (see [`Tensor::cross_entropy`]): equal to `nn::cross_entropy`, the composition of
+    /// primitives, without its `[N, C]` intermediates; the gradient `(softmax − onehot)/|V|` is
+    /// one pass.
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>) -> Result<Var> {
+        let t = self.tensor().cross_entropy(targets, ignore_index)?;
+        Ok(Var::record(t, &[self], || {
+            Op::CrossEntropy(self.clone(), targets.clone(), ignore_index)
+        }))
+    }
+
     /// The value in `dtype` (a float); the gradient is converted back to the input's dtype.
     pub fn to_dtype(&self, dtype: DType) -> Result<Var> {
         if dtype == self.dtype() {

@@ -6,6 +6,7 @@ mod convert;
 mod create;
 mod index;
 mod linalg;
+mod loss;
 mod matmul;
 mod movement;
 mod nn;

@@ -254,29 +254,10 @@ impl Tensor {
         let (rows, n) = check_norm(OP, self, weight)?;
         same_shape(OP, self, dy)?;
         same_dtype(OP, self, dy)?;
-        let (x, g, d) = (self.to_vec_f64(), weight.to_vec_f64(), dy.to_vec_f64());
-        let mut dx = vec![0f64; rows * n];
-        par_row_chunks(&mut dx, n, rows, |r, o| {
-            let (xr, dr) = (&x[r * n..(r + 1) * n], &d[r * n..(r + 1) * n]);
-            let s = inv_rms(xr, eps);
-            let dot: f64 = xr.iter().zip(dr).zip(&g).map(|((a, b), c)| a * b * c).sum();
-            let c = s * s * s * dot / n as f64;
-            for i in 0..n {
-                o[i] = s * g[i] * dr[i] - xr[i] * c;
-            }
-        });
-        let mut dg = vec![0f64; n];
-        for r in 0..rows {
-            let xr = &x[r * n..(r + 1) * n];
-            let s = inv_rms(xr, eps);
-            for i in 0..n {
-                dg[i] += d[r * n + i] * xr[i] * s;
-            }
+        match self.dtype() {
+            DType::F32 => rms_norm_grads::<f32>(self, weight, dy, eps, rows, n),
+            _ => rms_norm_grads::<f64>(self, weight, dy, eps, rows, n),
         }
-        Ok((
-            from_f64_as(dx, self.dims(), self.dtype())?,
-            from_f64_as(dg, weight.dims(), weight.dtype())?,
-        ))
     }
 
     /// `silu(self) ⊙ up` (SwiGLU's gated product, Shazeer 2020), `silu(g) = g·σ(g)`. Both f32 or
@@ -309,22 +290,10 @@ impl Tensor {
         same_dtype(OP, self, dy)?;
         same_shape(OP, self, up)?;
         same_shape(OP, self, dy)?;
-        let (g, u, d) = (self.to_vec_f64(), up.to_vec_f64(), dy.to_vec_f64());
-        let mut dg = vec![0f64; g.len()];
-        let mut du = vec![0f64; g.len()];
-        dg.par_iter_mut()
-            .zip(du.par_iter_mut())
-            .enumerate()
-            .with_min_len(4096)
-            .for_each(|(i, (a, b))| {
-                let s = 1.0 / (1.0 + (-g[i]).exp());
-                *a = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-                *b = d[i] * g[i] * s;
-            });
-        Ok((
-            from_f64_as(dg, self.dims(), self.dtype())?,
-            from_f64_as(du, self.dims(), self.dtype())?,
-        ))
+        match self.dtype() {
+            DType::F32 => silu_mul_grads::<f32>(self, up, dy),
+            _ => silu_mul_grads::<f64>(self, up, dy),
+        }
     }
 
     /// `ln Σ_j exp(x_j)` over the last dim: `(.., n)` f32 or f64 → `(..)` f64, computed as `m +
@@ -498,6 +467,82 @@ fn check_norm(op: &'static str, x: &Tensor, weight: &Tensor) -> Result<(usize, u
         ));
     }
     Ok((rows, n))
+}
+
+/// An f32 or f64 element, read and written through f64.
+trait Elem: WithDType + Default {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// `(dx, dweight)` of RMSNorm, every sum in f64, without f64 copies of the buffers.
+fn rms_norm_grads<T: Elem>(
+    x: &Tensor,
+    weight: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    rows: usize,
+    n: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (xv, gv, dv) = (x.values::<T>(), weight.values::<T>(), dy.values::<T>());
+    let g: Vec<f64> = gv.iter().map(|v| v.to_f64()).collect();
+    let mut dx = vec![T::default(); rows * n];
+    // Per task: its rows' dx and its partial dweight.
+    let per = if rows >= PAR_ROWS {
+        rows.div_ceil(4 * rayon::current_num_threads().max(1))
+    } else {
+        rows.max(1)
+    };
+    let partial: Vec<Vec<f64>> = dx
+        .par_chunks_mut((per * n).max(1))
+        .enumerate()
+        .map(|(task, out)| {
+            let mut dg = vec![0f64; n];
+            for (i, o) in out.chunks_mut(n.max(1)).enumerate() {
+                let r = task * per + i;
+                let (xr, dr) = (&xv[r * n..(r + 1) * n], &dv[r * n..(r + 1) * n]);
+                let ss: f64 = xr.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+                let s = 1.0 / (ss / n as f64 + eps).sqrt();
+                let dot: f64 = (0..n).map(|j| xr[j].to_f64() * dr[j].to_f64() * g[j]).sum();
+                let c = s * s * s * dot / n as f64;
+                for j in 0..n {
+                    let (xj, dj) = (xr[j].to_f64(), dr[j].to_f64());
+                    o[j] = T::from_f64(s * g[j] * dj - xj * c);
+                    dg[j] += dj * xj * s;
+                }
+            }
+            dg
+        })
+        .collect();
+    let mut dg = vec![0f64; n];
+    for p in partial {
+        dg.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    Ok((
+        Tensor::from_vec(dx, x.dims())?,
+        from_f64_as(dg, weight.dims(), weight.dtype())?,
+    ))
+}
+
+/// `(dgate, dup)` of `silu(gate) ⊙ up`, each element computed in f64.
+fn silu_mul_grads<T: Elem>(gate: &Tensor, up: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (g, u, d) = (gate.values::<T>(), up.values::<T>(), dy.values::<T>());
+    let n = g.len();
+    let mut dg = vec![T::default(); n];
+    let mut du = vec![T::default(); n];
+    dg.par_iter_mut()
+        .zip(du.par_iter_mut())
+        .enumerate()
+        .with_min_len(4096)
+        .for_each(|(i, (a, b))| {
+            let (gi, ui, di) = (g[i].to_f64(), u[i].to_f64(), d[i].to_f64());
+            let s = 1.0 / (1.0 + (-gi).exp());
+            *a = T::from_f64(di * ui * s * (1.0 + gi * (1.0 - s)));
+            *b = T::from_f64(di * gi * s);
+        });
+    Ok((
+        Tensor::from_vec(dg, gate.dims())?,
+        Tensor::from_vec(du, gate.dims())?,
+    ))
 }
 
 fn inv_rms(x: &[f64], eps: f64) -> f64 {
