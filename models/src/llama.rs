@@ -378,12 +378,20 @@ impl Llama {
         out
     }
 
-    /// The trainable tensors `spec` selects, as optimizer parameters named by their checkpoint
-    /// keys: a dense projection's weight, a masked one's weight with its mask (pruned entries
-    /// stay exactly 0), a sparse one's kept values `[nnz]` (the structure is fixed). f32 or f64
-    /// weights only (convert a half-precision model first). Call [`set_params`](Self::set_params)
-    /// with them (and after every optimizer step) so the forward pass reads them.
-    pub fn params(&self, spec: TrainSpec) -> Result<Vec<Param>> {
+    /// Makes the tensors `spec` selects trainable and returns them as optimizer parameters named
+    /// by their checkpoint keys: a dense projection's weight, a masked one's weight with its mask
+    /// (pruned entries stay exactly 0), a sparse one's kept values `[nnz]` (the structure is
+    /// fixed). They are put in place at once, so the next forward pass records gradients for
+    /// them; after every optimizer step (which replaces each parameter's leaf) call
+    /// [`set_params`](Self::set_params) again. f32 or f64 weights only (convert a
+    /// half-precision model first).
+    pub fn params(&mut self, spec: TrainSpec) -> Result<Vec<Param>> {
+        let params = self.new_params(spec)?;
+        self.set_params(&params)?;
+        Ok(params)
+    }
+
+    fn new_params(&self, spec: TrainSpec) -> Result<Vec<Param>> {
         let mut out = Vec::new();
         let value = |name: &str, v: &Var| Param::new(name, v.tensor().clone());
         if spec.embeddings {

@@ -13,7 +13,7 @@ use super::common::{json_line, peak_rss_bytes, CliResult};
 use super::model::ModelArgs;
 use clap::{Args, ValueEnum};
 use shears::autograd::optim::{AdamW, Optimizer};
-use shears::autograd::{nn, Var};
+use shears::autograd::Var;
 use shears::kernels::limits;
 use shears::models::llama::{ForwardOptions, TrainSpec};
 use shears::tensor::Tensor;
@@ -88,7 +88,7 @@ pub fn run(model: &ModelArgs, args: &TrainBenchArgs, json: bool, no_limits: bool
         let (logits, _) = model.forward_train(&input, opts)?;
         let t_fwd = t0.elapsed().as_secs_f64();
         let v = logits.dims()[2];
-        let loss = nn::cross_entropy(&logits.reshape([b * t, v])?, &target, None)?;
+        let loss = logits.reshape([b * t, v])?.cross_entropy(&target, None)?;
         drop(logits);
         let t_loss = t0.elapsed().as_secs_f64();
         let grads = loss.backward()?;
