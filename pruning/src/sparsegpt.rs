@@ -48,11 +48,14 @@
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 //!
-//! The products (`XᵀX`, the lazy update, the reconstruction error) are [`Tensor::matmul`]s of
-//! strided views and the factorisations `Tensor::cholesky` and `Tensor::cholesky_inverse`: the
-//! same kernels, so the same numbers, as calling them directly.
+//! As a [`PruningMethod`] for the calibration driver, [`SparseGpt`] (blocksize, damping and
+//! retries; the target comes from the driver) makes observers holding a [`SparseGptStats`], fed
+//! the stage outputs as tensors, read in place. The products (`XᵀX`, the lazy update, the
+//! reconstruction error) are [`Tensor::matmul`]s and the factorisations `Tensor::cholesky` and
+//! `Tensor::cholesky_inverse`: the same kernels, so the same numbers, as calling them directly.
 
 use crate::hessian::{add_gram_upper, inverse_hessian_factor, symmetric_from_upper};
+use crate::method::{input_rows, mask_decision, Decision, Input, Observer, PruningMethod};
 use crate::report::{LayerReport, Pruned};
 use crate::sparsity::{check_weight, mark_lowest, threshold_mask, zero_fraction};
 use crate::wanda::{check_input, check_stats};
@@ -61,6 +64,80 @@ use rayon::prelude::*;
 use shears_tensor::{DType, Error, Result, Tensor};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// SparseGPT as a [`PruningMethod`] (`sparsegpt`): calibrated, true-sequential by default, with
+/// the settings of [`SparseGptConfig`] other than the target. [`Default`] gives the reference's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseGpt {
+    /// Columns per lazy-update block (reference: 128).
+    pub blocksize: usize,
+    /// Damping as a fraction of the mean Hessian diagonal (reference: 0.01).
+    pub percdamp: f64,
+    /// How many times the damping may be raised ×10 when a factorisation fails (4).
+    pub max_retries: u32,
+}
+
+impl Default for SparseGpt {
+    fn default() -> Self {
+        let c = SparseGptConfig::new(Sparsity::Unstructured(0.0));
+        SparseGpt {
+            blocksize: c.blocksize,
+            percdamp: c.percdamp,
+            max_retries: c.max_retries,
+        }
+    }
+}
+
+impl SparseGpt {
+    /// The full configuration for `sparsity`.
+    pub fn config(&self, sparsity: Sparsity) -> SparseGptConfig {
+        SparseGptConfig {
+            sparsity,
+            blocksize: self.blocksize,
+            percdamp: self.percdamp,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+impl PruningMethod for SparseGpt {
+    fn name(&self) -> &'static str {
+        "sparsegpt"
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+    fn true_sequential_default(&self) -> bool {
+        true
+    }
+    fn observer(&self, input: &Input) -> Box<dyn Observer> {
+        Box::new(SparseGptObserver {
+            stats: SparseGptStats::new(&input.name, input.cols),
+            method: *self,
+        })
+    }
+}
+
+/// [`SparseGptStats`] behind the [`Observer`] interface; q/k/v (and gate/up) share one, and so
+/// one factorisation of `H`.
+struct SparseGptObserver {
+    stats: SparseGptStats,
+    method: SparseGpt,
+}
+
+impl Observer for SparseGptObserver {
+    fn observe(&mut self, x: &Tensor) -> Result<()> {
+        let s = &mut self.stats;
+        let (x, samples) = input_rows("sparsegpt.observe", &s.name, x, s.cols)?;
+        s.observe_rows(&x, samples)
+    }
+    fn prune(&self, name: &str, w: &Tensor, target: &Sparsity) -> Result<Decision> {
+        let cfg = self.method.config(*target);
+        mask_decision(w, |w, rows, cols| {
+            self.stats.prune(name, w, rows, cols, &cfg)
+        })
+    }
+}
 
 /// How SparseGPT prunes one weight; [`SparseGptConfig::new`] gives the reference's defaults.
 #[derive(Debug, Clone, PartialEq)]
