@@ -117,25 +117,9 @@ pub(crate) fn inverse_hessian_factor(
         for i in 0..cols {
             hd[i * cols + i] += damp;
         }
-        let hd = Tensor::from_vec(hd, [cols, cols])?;
-        let failure = match hd.cholesky(false) {
-            Err(Error::NotPositiveDefinite { pivot, value, .. }) => {
-                format!("pivot {pivot} of the damped Hessian is {value:e}")
-            }
-            Err(e) => return Err(e),
-            Ok(l) => match l.cholesky_inverse(false) {
-                Err(Error::Singular { index, .. }) => {
-                    format!("its Cholesky factor is singular at {index}")
-                }
-                Err(e) => return Err(e),
-                Ok(inv) => match inv.cholesky(true) {
-                    Ok(u) => return Ok((u, damp, retries)),
-                    Err(Error::NotPositiveDefinite { pivot, value, .. }) => {
-                        format!("pivot {pivot} of the inverse Hessian is {value:e}")
-                    }
-                    Err(e) => return Err(e),
-                },
-            },
+        let failure = match upper_factor_of_inverse(hd, cols)? {
+            Ok(u) => return Ok((u, damp, retries)),
+            Err(failure) => failure,
         };
         if retries >= max_retries {
             return Err(Error::invalid(
@@ -152,6 +136,39 @@ pub(crate) fn inverse_hessian_factor(
         } else {
             0.01 * mean_diag
         };
+    }
+}
+
+/// `cholesky_upper(cholesky_inverse(cholesky_lower(hd)))` for the damped Hessian `hd`
+/// (`[cols, cols]`), or why a factorisation failed (`Ok(Err(..))`). Each intermediate is dropped
+/// as soon as the next exists, so at most two `cols²` matrices are alive here at a time.
+fn upper_factor_of_inverse(
+    hd: Vec<f64>,
+    cols: usize,
+) -> Result<std::result::Result<Tensor, String>> {
+    let l = match Tensor::from_vec(hd, [cols, cols])?.cholesky(false) {
+        Ok(l) => l,
+        Err(Error::NotPositiveDefinite { pivot, value, .. }) => {
+            return Ok(Err(format!(
+                "pivot {pivot} of the damped Hessian is {value:e}"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let inv = match l.cholesky_inverse(false) {
+        Ok(inv) => inv,
+        Err(Error::Singular { index, .. }) => {
+            return Ok(Err(format!("its Cholesky factor is singular at {index}")))
+        }
+        Err(e) => return Err(e),
+    };
+    drop(l);
+    match inv.cholesky(true) {
+        Ok(u) => Ok(Ok(u)),
+        Err(Error::NotPositiveDefinite { pivot, value, .. }) => Ok(Err(format!(
+            "pivot {pivot} of the inverse Hessian is {value:e}"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
