@@ -259,9 +259,12 @@ impl Llama {
     }
 
     /// Re-reads the per-layer shapes from the weights into `config` after projections were
-    /// replaced (structured pruning), checking that they still fit together.
+    /// replaced (structured pruning), checking that they still fit together. The shapes recorded
+    /// before are not held against the weights: they are what this replaces.
     pub fn refresh_shapes(&mut self) -> Result<()> {
-        let shapes = check_shapes(&self.config, &self.model, &self.lm_head)?;
+        let mut config = self.config.clone();
+        config.layer_shapes.clear();
+        let shapes = check_shapes(&config, &self.model, &self.lm_head)?;
         self.config.set_layer_shapes(shapes);
         Ok(())
     }

@@ -457,3 +457,32 @@ fn compressing_a_dense_model_as_two_four_is_a_clear_error() {
     .unwrap_err();
     assert!(e.to_string().contains("not 2:4 sparse"), "{e}");
 }
+
+#[test]
+fn refresh_shapes_follows_layers_shrunk_one_after_another() {
+    use shears_models::layers::Linear;
+    use shears_tensor::Tensor;
+    let mut model = Llama::random(&config(), 0).unwrap();
+    // Narrow the MLP of layer 0, refresh, then of layer 1, refresh again: the second refresh
+    // must not hold the shapes the first one recorded against the weights.
+    for (i, width) in [(0, 40), (1, 24)] {
+        let mlp = &mut model.model.layers[i].mlp;
+        let rows = Tensor::arange(0.0, width as f64, 1.0, DType::F32)
+            .unwrap()
+            .to_dtype(DType::U32)
+            .unwrap();
+        let keep = |l: &Linear, dim: usize| {
+            Linear::new(l.weight_tensor().index_select(&rows, dim).unwrap()).unwrap()
+        };
+        mlp.gate_proj = keep(&mlp.gate_proj, 0);
+        mlp.up_proj = keep(&mlp.up_proj, 0);
+        mlp.down_proj = keep(&mlp.down_proj, 1);
+        model.refresh_shapes().unwrap();
+        assert_eq!(model.config.layer_shape(i).intermediate_size, width);
+    }
+    assert_eq!(model.config.layer_shape(0).intermediate_size, 40);
+    let mut cache = model.new_cache(4).unwrap();
+    assert!(logits(&model, &[1, 2, 3], &mut cache)
+        .iter()
+        .all(|v| v.is_finite()));
+}

@@ -1,11 +1,15 @@
 //! One-shot pruning for shears: magnitude, Wanda and SparseGPT, unstructured and N:M, on plain
 //! row-major f32 weights (`[rows, cols]`, `rows` output features) and calibration inputs
-//! (`[tokens, cols]`).
+//! (`[tokens, cols]`), and the layer-by-layer driver that applies them to a LLaMA
+//! ([`calibrate`]).
 //!
 //! Pruners are two-phase, like the reference code's `add_batch` / `fasterprune`: a statistics
 //! object `observe`s a layer's inputs window by window, then `prune`s each weight that reads that
 //! input, in place, returning the mask and a [`LayerReport`]. Configuration goes in, results come
-//! out; nothing is printed.
+//! out; nothing is printed. For the driver, each method is a type implementing
+//! [`PruningMethod`] ([`Magnitude`], [`Wanda`], [`SparseGpt`]), whose [`Observer`]s take the
+//! layer's stage outputs as tensors and return a [`Decision`]: a mask, or a structural
+//! [`Removal`] of heads and MLP channels (see [`method`]).
 //!
 //! ```
 //! use shears_pruning::{magnitude_prune, SparseGptConfig, SparseGptStats, Sparsity, WandaStats};
@@ -42,13 +46,17 @@
 pub mod calibrate;
 mod hessian;
 mod magnitude;
+pub mod method;
+mod removal;
 mod report;
 mod sparsegpt;
 mod sparsity;
 mod wanda;
 
-pub use magnitude::magnitude_prune;
+pub use magnitude::{magnitude_prune, Magnitude};
+pub use method::{Decision, Observer, PruningMethod};
+pub use removal::Removal;
 pub use report::{LayerReport, Pruned};
-pub use sparsegpt::{SparseGptConfig, SparseGptStats};
+pub use sparsegpt::{SparseGpt, SparseGptConfig, SparseGptStats};
 pub use sparsity::Sparsity;
-pub use wanda::WandaStats;
+pub use wanda::{Wanda, WandaStats};

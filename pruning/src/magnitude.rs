@@ -20,13 +20,51 @@
 //! assert_eq!(p.mask, [true, false, false, true]);
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
+//!
+//! As a [`PruningMethod`] for the calibration driver, [`Magnitude`] needs no calibration data:
+//! its observers ignore inputs.
 
+use crate::method::{mask_decision, Decision, Input, Observer, PruningMethod};
 use crate::report::{LayerReport, Pruned};
 use crate::sparsity::{apply_mask, check_weight, mark_lowest, threshold_mask, zero_fraction};
 use crate::Sparsity;
 use rayon::prelude::*;
-use shears_tensor::Result;
+use shears_tensor::{Result, Tensor};
 use std::time::Instant;
+
+/// Magnitude pruning as a [`PruningMethod`] (`magnitude`): no calibration, every projection
+/// pruned by [`magnitude_prune`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Magnitude;
+
+impl PruningMethod for Magnitude {
+    fn name(&self) -> &'static str {
+        "magnitude"
+    }
+    fn needs_calibration(&self) -> bool {
+        false
+    }
+    fn true_sequential_default(&self) -> bool {
+        false
+    }
+    fn observer(&self, _input: &Input) -> Box<dyn Observer> {
+        Box::new(MagnitudeObserver)
+    }
+}
+
+/// Magnitude's observer: no statistics.
+struct MagnitudeObserver;
+
+impl Observer for MagnitudeObserver {
+    fn observe(&mut self, _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+    fn prune(&self, name: &str, w: &Tensor, target: &Sparsity) -> Result<Decision> {
+        mask_decision(w, |w, rows, cols| {
+            magnitude_prune(name, w, rows, cols, target)
+        })
+    }
+}
 
 /// Prunes `w: [rows, cols]` (row-major, `rows` output features) in place by magnitude; pruned
 /// weights become exactly `+0.0`. `name` labels errors and the report.

@@ -19,7 +19,8 @@ pub struct Pruned {
 pub struct LayerReport {
     /// The weight's name, as given by the caller (e.g. `model.layers.0.self_attn.q_proj`).
     pub name: String,
-    /// `"magnitude"`, `"wanda"` or `"sparsegpt"`.
+    /// The method's [`name`](crate::PruningMethod::name): `"magnitude"`, `"wanda"`,
+    /// `"sparsegpt"`, ...
     pub method: &'static str,
     /// Output features.
     pub rows: usize,
@@ -45,10 +46,23 @@ pub struct LayerReport {
     pub dead_columns: usize,
     /// Calibration samples (windows) behind the statistics, where there are any.
     pub nsamples: Option<usize>,
+    /// Rows removed by a structural [`Removal`](crate::Removal) (`rows` is the final count);
+    /// absent from the JSON when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub removed_rows: usize,
+    /// Columns removed by a structural removal (`cols` is the final count); absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub removed_cols: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl LayerReport {
-    pub(crate) fn new(
+    /// An empty report for the weight `name` (`[rows, cols]`) pruned by `method` towards
+    /// `target`: sparsity 0, no measurements.
+    pub fn new(
         name: &str,
         method: &'static str,
         rows: usize,
@@ -69,6 +83,8 @@ impl LayerReport {
             retries: 0,
             dead_columns: 0,
             nsamples: None,
+            removed_rows: 0,
+            removed_cols: 0,
         }
     }
 }

@@ -47,18 +47,97 @@
 //! assert!(p.report.rel_error.unwrap() < 1.0);
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
+//!
+//! As a [`PruningMethod`] for the calibration driver, [`SparseGpt`] (blocksize, damping and
+//! retries; the target comes from the driver) makes observers holding a [`SparseGptStats`], fed
+//! the stage outputs as tensors, read in place. The products (`XᵀX`, the lazy update, the
+//! reconstruction error) are [`Tensor::matmul`]s and the factorisations `Tensor::cholesky` and
+//! `Tensor::cholesky_inverse`: the same kernels, so the same numbers, as calling them directly.
 
-use crate::hessian::{add_gram_upper, symmetric_from_upper};
+use crate::hessian::{add_gram_upper, inverse_hessian_factor, symmetric_from_upper};
+use crate::method::{input_rows, mask_decision, Decision, Input, Observer, PruningMethod};
 use crate::report::{LayerReport, Pruned};
 use crate::sparsity::{check_weight, mark_lowest, threshold_mask, zero_fraction};
 use crate::wanda::{check_input, check_stats};
 use crate::Sparsity;
 use rayon::prelude::*;
-use shears_kernels::gemm::{gemm, MatRef};
-use shears_kernels::linalg::{cholesky_inverse, cholesky_lower, cholesky_upper};
-use shears_tensor::{Error, Result};
+use shears_tensor::{DType, Error, Result, Tensor};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// SparseGPT as a [`PruningMethod`] (`sparsegpt`): calibrated, true-sequential by default, with
+/// the settings of [`SparseGptConfig`] other than the target. [`Default`] gives the reference's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseGpt {
+    /// Columns per lazy-update block (reference: 128).
+    pub blocksize: usize,
+    /// Damping as a fraction of the mean Hessian diagonal (reference: 0.01).
+    pub percdamp: f64,
+    /// How many times the damping may be raised ×10 when a factorisation fails (4).
+    pub max_retries: u32,
+}
+
+impl Default for SparseGpt {
+    fn default() -> Self {
+        let c = SparseGptConfig::new(Sparsity::Unstructured(0.0));
+        SparseGpt {
+            blocksize: c.blocksize,
+            percdamp: c.percdamp,
+            max_retries: c.max_retries,
+        }
+    }
+}
+
+impl SparseGpt {
+    /// The full configuration for `sparsity`.
+    pub fn config(&self, sparsity: Sparsity) -> SparseGptConfig {
+        SparseGptConfig {
+            sparsity,
+            blocksize: self.blocksize,
+            percdamp: self.percdamp,
+            max_retries: self.max_retries,
+        }
+    }
+}
+
+impl PruningMethod for SparseGpt {
+    fn name(&self) -> &'static str {
+        "sparsegpt"
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+    fn true_sequential_default(&self) -> bool {
+        true
+    }
+    fn observer(&self, input: &Input) -> Box<dyn Observer> {
+        Box::new(SparseGptObserver {
+            stats: SparseGptStats::new(&input.name, input.cols),
+            method: *self,
+        })
+    }
+}
+
+/// [`SparseGptStats`] behind the [`Observer`] interface; q/k/v (and gate/up) share one, and so
+/// one factorisation of `H`.
+struct SparseGptObserver {
+    stats: SparseGptStats,
+    method: SparseGpt,
+}
+
+impl Observer for SparseGptObserver {
+    fn observe(&mut self, x: &Tensor) -> Result<()> {
+        let s = &mut self.stats;
+        let (x, samples) = input_rows("sparsegpt.observe", &s.name, x, s.cols)?;
+        s.observe_rows(&x, samples)
+    }
+    fn prune(&self, name: &str, w: &Tensor, target: &Sparsity) -> Result<Decision> {
+        let cfg = self.method.config(*target);
+        mask_decision(w, |w, rows, cols| {
+            self.stats.prune(name, w, rows, cols, &cfg)
+        })
+    }
+}
 
 /// How SparseGPT prunes one weight; [`SparseGptConfig::new`] gives the reference's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +199,8 @@ impl Clone for SparseGptStats {
 struct Factor {
     percdamp: f64,
     max_retries: u32,
-    u: Vec<f64>,
+    /// `[cols, cols]` f64.
+    u: Tensor,
     damping: f64,
     retries: u32,
     dead: Vec<usize>,
@@ -195,12 +275,21 @@ impl SparseGptStats {
     /// `add_batch` once per window, up to rounding: both give `H = (2/n)·Σ XᵀX`. A call per window
     /// costs little more than one call for all of them. Errors, leaving the statistics
     /// unchanged, on a shape mismatch, zero samples, or a NaN, infinity or value beyond `±1e17`
-    /// (whose square could overflow the f32 products) in `x`.
+    /// (whose square could overflow the f32 products) in `x`. `x` is copied into a tensor
+    /// (the driver's observers hand theirs over without a copy).
     pub fn observe(&mut self, x: &[f32], samples: usize) -> Result<()> {
+        check_input("sparsegpt.observe", &self.name, x, self.cols, samples)?;
+        let tokens = x.len().checked_div(self.cols).unwrap_or(0);
+        self.observe_rows(&Tensor::from_slice(x, [tokens, self.cols])?, samples)
+    }
+
+    /// [`observe`](Self::observe) of `x: [tokens, cols]`, f32 and contiguous.
+    fn observe_rows(&mut self, x: &Tensor, samples: usize) -> Result<()> {
         let op = "sparsegpt.observe";
-        check_input(op, &self.name, x, self.cols, samples)?;
-        check_magnitude(op, &self.name, x, self.cols)?;
-        add_gram_upper(x, self.cols, &mut self.sum);
+        let xs = x.as_slice::<f32>()?;
+        check_input(op, &self.name, xs, self.cols, samples)?;
+        check_magnitude(op, &self.name, xs, self.cols)?;
+        add_gram_upper(x, &mut self.sum)?;
         self.nsamples += samples;
         *self.factor.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
@@ -233,13 +322,13 @@ impl SparseGptStats {
             }
         }
         let mut mask = vec![false; w.len()];
-        let obs_loss = sweep(&mut wd, &mut mask, &factor.u, rows, cols, cfg);
+        let obs_loss = sweep(&mut wd, &mut mask, &factor.u, rows, cols, cfg)?;
 
         let original = w.to_vec();
         for ((v, &d), &m) in w.iter_mut().zip(&wd).zip(&mask) {
             *v = if m { 0.0 } else { d as f32 };
         }
-        let rel_error = relative_error(&original, w, &h, rows, cols);
+        let rel_error = relative_error(&original, w, &h, rows, cols)?;
 
         let mut report = LayerReport::new(name, "sparsegpt", rows, cols, cfg.sparsity);
         report.sparsity = zero_fraction(w);
@@ -284,7 +373,8 @@ impl SparseGptStats {
                 h[i * cols + i] = 1.0;
             }
         }
-        let (u, damping, retries) = inverse_hessian_factor(op, name, &h, cols, cfg)?;
+        let (u, damping, retries) =
+            inverse_hessian_factor(op, name, &h, cols, cfg.percdamp, cfg.max_retries)?;
         let f = Arc::new(Factor {
             percdamp: cfg.percdamp,
             max_retries: cfg.max_retries,
@@ -372,71 +462,23 @@ fn check_finite_h(op: &'static str, name: &str, h: &[f64], cols: usize) -> Resul
     }
 }
 
-/// `U`, the upper Cholesky factor of `(H + λI)⁻¹` (`[cols, cols]`, f64, strict lower triangle
-/// zero), with the `λ` used and the number of retries. `λ` starts at `percdamp · mean(diag H)`
-/// and is raised ×10 (from `0.01 · mean(diag H)` if it was 0) whenever a factorisation fails.
-fn inverse_hessian_factor(
-    op: &'static str,
-    name: &str,
-    h: &[f64],
-    cols: usize,
-    cfg: &SparseGptConfig,
-) -> Result<(Vec<f64>, f64, u32)> {
-    let mean_diag = if cols == 0 {
-        0.0
-    } else {
-        (0..cols).map(|i| h[i * cols + i]).sum::<f64>() / cols as f64
-    };
-    let mut damp = cfg.percdamp * mean_diag;
-    let mut retries = 0;
-    loop {
-        let mut l = h.to_vec();
-        for i in 0..cols {
-            l[i * cols + i] += damp;
-        }
-        let failure = match cholesky_lower(&mut l, cols) {
-            Err(e) => format!("pivot {} of the damped Hessian is {:e}", e.pivot, e.value),
-            Ok(()) => match cholesky_inverse(&l, cols, false) {
-                Err(e) => format!("its Cholesky factor is singular at {}", e.index),
-                Ok(mut inv) => match cholesky_upper(&mut inv, cols) {
-                    Ok(()) => return Ok((inv, damp, retries)),
-                    Err(e) => format!("pivot {} of the inverse Hessian is {:e}", e.pivot, e.value),
-                },
-            },
-        };
-        if retries >= cfg.max_retries {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "layer `{name}`: Hessian not positive definite with damping {damp:e} after \
-                     {retries} retries: {failure}"
-                ),
-            ));
-        }
-        retries += 1;
-        damp = if damp > 0.0 {
-            damp * 10.0
-        } else {
-            0.01 * mean_diag
-        };
-    }
-}
-
 /// The column sweep of Algorithm 1 over `wd: [rows, cols]` (f64, updated in place, pruned entries
-/// set to 0) with `u` the upper Cholesky factor of `H⁻¹`; fills `mask`, returns the OBS loss.
+/// set to 0) with `u: [cols, cols]` (f64) the upper Cholesky factor of `H⁻¹`; fills `mask`,
+/// returns the OBS loss.
 fn sweep(
     wd: &mut [f64],
     mask: &mut [bool],
-    u: &[f64],
+    u: &Tensor,
     rows: usize,
     cols: usize,
     cfg: &SparseGptConfig,
-) -> f64 {
+) -> Result<f64> {
     if rows == 0 || cols == 0 {
-        return 0.0;
+        return Ok(0.0);
     }
     let bs = cfg.blocksize;
-    let u32: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    let u32 = u.to_dtype(DType::F32)?;
+    let u = u.as_slice::<f64>()?;
     let mut losses = vec![0.0f64; rows];
     let mut err = vec![0.0f64; rows * bs.min(cols)];
     for i1 in (0..cols).step_by(bs) {
@@ -492,18 +534,13 @@ fn sweep(
             });
         if i2 < cols {
             // Lazy batch update: W[:, i2:] -= Err · U[i1:i2, i2:], the one O(rows·cols²) step, as
-            // an f32 SIMD GEMM (the reference's precision) added into the f64 weights.
+            // an f32 product (the reference's precision) of the block's errors with a view of
+            // U, added into the f64 weights.
             let rest = cols - i2;
             let err32: Vec<f32> = err.iter().map(|&e| e as f32).collect();
-            let mut upd = vec![0.0f32; rows * rest];
-            gemm(
-                rows,
-                rest,
-                count,
-                MatRef::new(&err32, count, 1),
-                MatRef::new(&u32[i1 * cols + i2..], cols, 1),
-                &mut upd,
-            );
+            let err32 = Tensor::from_vec(err32, [rows, count])?;
+            let upd = err32.matmul(&u32.narrow(0, i1, count)?.narrow(1, i2, rest)?)?;
+            let upd = upd.as_slice::<f32>()?;
             wd.par_chunks_mut(cols)
                 .zip(upd.par_chunks(rest))
                 .for_each(|(wrow, urow)| {
@@ -513,34 +550,28 @@ fn sweep(
                 });
         }
     }
-    losses.iter().sum::<f64>() / 2.0
+    Ok(losses.iter().sum::<f64>() / 2.0)
 }
 
-/// `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` for `ΔW = before − after`, through one f32 GEMM of `[W; ΔW]`
-/// against `H`; `None` when the denominator is 0.
+/// `tr(ΔW·H·ΔWᵀ) / tr(W·H·Wᵀ)` for `ΔW = before − after`, through one f32 product of `[W; ΔW]`
+/// with `H`; `None` when the denominator is 0.
 fn relative_error(
     before: &[f32],
     after: &[f32],
     h: &[f64],
     rows: usize,
     cols: usize,
-) -> Option<f64> {
+) -> Result<Option<f64>> {
     if rows == 0 || cols == 0 {
-        return None;
+        return Ok(None);
     }
     let mut stacked = Vec::with_capacity(2 * rows * cols);
     stacked.extend_from_slice(before);
     stacked.extend(before.iter().zip(after).map(|(b, a)| b - a));
     let h32: Vec<f32> = h.iter().map(|&v| v as f32).collect();
-    let mut prod = vec![0.0f32; 2 * rows * cols];
-    gemm(
-        2 * rows,
-        cols,
-        cols,
-        MatRef::new(&stacked, cols, 1),
-        MatRef::new(&h32, cols, 1),
-        &mut prod,
-    );
+    let stacked = Tensor::from_vec(stacked, [2 * rows, cols])?;
+    let prod = stacked.matmul(&Tensor::from_vec(h32, [cols, cols])?)?;
+    let (prod, stacked) = (prod.as_slice::<f32>()?, stacked.as_slice::<f32>()?);
     let quad = |r0: usize| -> f64 {
         prod[r0 * cols..(r0 + rows) * cols]
             .iter()
@@ -549,5 +580,5 @@ fn relative_error(
             .sum()
     };
     let (den, num) = (quad(0), quad(rows));
-    (den > 0.0).then(|| num / den)
+    Ok((den > 0.0).then(|| num / den))
 }

@@ -25,14 +25,52 @@
 //! assert_eq!(p.report.nsamples, Some(1));
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
+//!
+//! As a [`PruningMethod`] for the calibration driver, [`Wanda`]'s observers are [`WandaStats`]
+//! fed the stage outputs as tensors, one window at a time, all on the dense layer (the
+//! reference's order).
 
 use crate::magnitude::nm_mask;
+use crate::method::{input_rows, mask_decision, Decision, Input, Observer, PruningMethod};
 use crate::report::{LayerReport, Pruned};
 use crate::sparsity::{apply_mask, check_finite, check_weight, thresh_index, zero_fraction};
 use crate::Sparsity;
 use rayon::prelude::*;
-use shears_tensor::{Error, Result};
+use shears_tensor::{Error, Result, Tensor};
 use std::time::Instant;
+
+/// Wanda as a [`PruningMethod`] (`wanda`): calibrated, not true-sequential by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanda;
+
+impl PruningMethod for Wanda {
+    fn name(&self) -> &'static str {
+        "wanda"
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+    fn true_sequential_default(&self) -> bool {
+        false
+    }
+    fn observer(&self, input: &Input) -> Box<dyn Observer> {
+        Box::new(WandaObserver(WandaStats::new(&input.name, input.cols)))
+    }
+}
+
+/// [`WandaStats`] behind the [`Observer`] interface.
+struct WandaObserver(WandaStats);
+
+impl Observer for WandaObserver {
+    fn observe(&mut self, x: &Tensor) -> Result<()> {
+        let s = &mut self.0;
+        let (x, samples) = input_rows("wanda.observe", &s.name, x, s.cols)?;
+        s.observe(x.as_slice::<f32>()?, samples)
+    }
+    fn prune(&self, name: &str, w: &Tensor, target: &Sparsity) -> Result<Decision> {
+        mask_decision(w, |w, rows, cols| self.0.prune(name, w, rows, cols, target))
+    }
+}
 
 /// Wanda's statistic for one linear layer's input: per input column `j`, the running mean over
 /// calibration windows of `Σ_tokens x_j²`. Weights that read the same input (q/k/v, gate/up)

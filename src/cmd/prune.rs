@@ -11,10 +11,11 @@ use super::model::{decode_tokens_per_s, default_texts, ModelArgs};
 use clap::{Args, ValueEnum};
 use shears::models::eval;
 use shears::models::load;
-use shears::pruning::calibrate::{self, Event, Method, PruneConfig};
-use shears::pruning::Sparsity;
+use shears::pruning::calibrate::{self, Event, PruneConfig};
+use shears::pruning::{method, PruningMethod, Sparsity};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How the pruned model is written.
@@ -32,7 +33,7 @@ pub struct PruneArgs {
     model: ModelArgs,
     /// Pruning method: magnitude, wanda or sparsegpt.
     #[arg(long, value_parser = parse_method, default_value = "sparsegpt")]
-    method: Method,
+    method: Arc<dyn PruningMethod>,
     /// Unstructured sparsity, the fraction of each projection's weights removed [default: 0.5
     /// unless --nm is given].
     #[arg(long, conflicts_with = "nm")]
@@ -82,8 +83,8 @@ pub struct PruneArgs {
     json: bool,
 }
 
-fn parse_method(s: &str) -> Result<Method, String> {
-    s.parse().map_err(|e: shears::tensor::Error| e.to_string())
+fn parse_method(s: &str) -> Result<Arc<dyn PruningMethod>, String> {
+    method::by_name(s).map_err(|e| e.to_string())
 }
 
 fn parse_nm(s: &str) -> Result<(usize, usize), String> {
@@ -173,7 +174,7 @@ pub fn run(args: &PruneArgs) -> CliResult {
         None
     };
 
-    let mut cfg = PruneConfig::new(args.method, sparsity);
+    let mut cfg = PruneConfig::new(args.method.clone(), sparsity);
     if let Some(ts) = args.true_sequential {
         cfg.true_sequential = ts;
     }
