@@ -14,7 +14,7 @@ use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama as cl;
 use serde_json::json;
-use shears_models::llama::{KvCache, Llama};
+use shears_models::llama::Llama;
 use shears_models::load::{self, LoadOptions};
 use shears_models::tokenizer::Tokenizer;
 use shears_tensor::DType;
@@ -207,14 +207,14 @@ struct Shears<'p> {
 
 impl Shears<'_> {
     fn logits(&self, ids: &[u32]) -> Res<Vec<f32>> {
-        let mut cache = KvCache::new(&self.model.config, ids.len());
+        let mut cache = self.model.new_cache_with_dtype(ids.len(), DType::F32)?;
         Ok(self
             .pool
             .install(|| self.model.forward_last(ids, &mut cache))?)
     }
 
     fn run(&self, ids: &[u32], decode: usize) -> Res<Run> {
-        let mut cache = KvCache::new(&self.model.config, ids.len() + decode);
+        let mut cache = self.model.new_cache_with_dtype(ids.len() + decode, DType::F32)?;
         // Warm-up, as `shears bench --model` does: a short prefill touches every weight page.
         self.pool.install(|| {
             self.model
