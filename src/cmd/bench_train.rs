@@ -16,7 +16,7 @@ use shears::autograd::optim::{AdamW, Optimizer};
 use shears::autograd::Var;
 use shears::kernels::limits;
 use shears::models::llama::{ForwardOptions, TrainSpec};
-use shears::tensor::Tensor;
+use shears::tensor::{DType, Tensor};
 use std::io::Write;
 use std::time::Instant;
 
@@ -52,6 +52,16 @@ pub struct TrainBenchArgs {
 pub fn run(model: &ModelArgs, args: &TrainBenchArgs, json: bool, no_limits: bool) -> CliResult {
     let (mut model, _, _) = model.load()?;
     let c = model.config.clone();
+    if model.dtype() != DType::F32 {
+        // Mixed precision (half weights for the products, f32 master weights in the optimizer)
+        // is not built yet: the optimizer updates f32 or f64 tensors only.
+        return Err(format!(
+            "bench --train trains f32 weights only (mixed-precision training with --dtype {} is \
+             not supported yet); use --dtype f32",
+            model.dtype().as_str()
+        )
+        .into());
+    }
     if args.batch == 0 || args.seqlen < 2 || args.seqlen > c.max_position_embeddings {
         return Err(format!(
             "--batch must be at least 1 and --seqlen between 2 and the context length {}",
