@@ -92,7 +92,7 @@ EOF
 }
 bench_shears() {  # $1 = dtype
   "$shears" bench --dtype "$1" --threads "$threads" --no-limits --json 2>/dev/null |
-    python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"| shears | {r[\"dtype\"]} | {r[\"prefill_tokens_per_s\"]:.1f} | {r[\"decode_tokens_per_s\"]:.1f} |")'
+    python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print("| shears | %s | %.1f | %.1f |" % (r["dtype"], r["prefill_tokens_per_s"], r["decode_tokens_per_s"]))'
 }
 for round in 1 2; do
   bench_llama F32
