@@ -5,6 +5,8 @@
 //! is committed as `fixtures/smollm2_sliced_logits.safetensors` (+ `.json`: the kept indices).
 //! The SmolLM2 test skips (with a note) when the GGUF is absent.
 
+mod common;
+use common::gguf_path;
 use shears_autograd::nn::cross_entropy;
 use shears_autograd::optim::{AdamW, Optimizer};
 use shears_autograd::{no_grad, Var};
@@ -186,23 +188,6 @@ fn per_layer_shapes_survive_save_and_load() {
 }
 
 // ---- SmolLM2 sliced per layer, against fixtures/llama_ref.py --slice ------------------------
-
-fn gguf_path() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = std::env::var_os("SHEARS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("data"));
-    let p = data.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "note: {} is absent (run `shears fetch`); skipping",
-            p.display()
-        );
-        None
-    }
-}
 
 /// The slicing of `llama_ref.py --slice` (an independent statement of the same rule; the test
 /// checks it against the indices the script recorded). Layer `l` keeps KV groups

@@ -2,27 +2,12 @@
 //! numpy implementation in `fixtures/llama_ref.py`, whose output is committed as
 //! `fixtures/smollm2_logits.safetensors`. Skips (with a note) when the GGUF is absent.
 
+mod common;
+use common::gguf_path;
 use shears_models::generate::{generate, GenerateOptions};
 use shears_models::load::{load, load_model, save_hf, LoadOptions};
 use shears_tensor::{io, DType, Tensor};
 use std::path::PathBuf;
-
-fn gguf_path() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = std::env::var_os("SHEARS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("data"));
-    let p = data.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "note: {} is absent (run `shears fetch`); skipping",
-            p.display()
-        );
-        None
-    }
-}
 
 struct Fixture {
     ids: Vec<u32>,

@@ -2,27 +2,11 @@
 //! weights are parameters) against the inference one ([`Llama::forward`]: a KV-cache prefill) on
 //! SmolLM2-135M-Instruct, the GGUF `shears fetch` downloads. Skips (with a note) when it is absent.
 
+mod common;
+use common::gguf_path;
 use shears_models::llama::{ForwardOptions, Llama, TrainSpec};
 use shears_models::load::{load, LoadOptions};
 use shears_tensor::{DType, Tensor};
-use std::path::PathBuf;
-
-fn gguf_path() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let data = std::env::var_os("SHEARS_DATA")
-        .map(PathBuf::from)
-        .unwrap_or(root.join("data"));
-    let p = data.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "note: {} is absent (run `shears fetch`); skipping",
-            p.display()
-        );
-        None
-    }
-}
 
 /// Largest |a − b| in each row over the largest |b| of that row, maximised over rows.
 fn max_rel_err(a: &[f32], b: &[f32], row: usize) -> f64 {
