@@ -62,6 +62,7 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    shears::tune_allocator();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect(args) => inspect::run(args),

@@ -477,3 +477,94 @@ fn misuse_returns_errors() {
     assert!(Tensor::causal_attention_backward(&q, &k, &k, &t(&[1, 2, 4, 8], F64), 0.5).is_err());
     assert!(Tensor::causal_attention_backward(&q, &k, &k, &q, 0.5).is_ok());
 }
+
+/// `ln Σ exp` of one row, in f64 by definition (shifted by the row's max).
+fn logsumexp_def(row: &[f64]) -> f64 {
+    if row.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !m.is_finite() {
+        return m;
+    }
+    m + row.iter().map(|&v| (v - m).exp()).sum::<f64>().ln()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// `logsumexp` over rows of the edge-case lengths (and one long, vocabulary-sized row), f32
+    /// and f64, against the definition; the row maximum may sit anywhere, including the tail past
+    /// the last full group of 16.
+    #[test]
+    fn logsumexp_matches_definition(
+        rows in edge(),
+        n in prop_oneof![4 => edge(), 1 => Just(49_153usize)],
+        dtype in float(),
+        peak in any::<prop::sample::Index>(),
+        seed in any::<u64>(),
+    ) {
+        let (mut x, _) = randn(&[rows, n], 3.0, F64, seed);
+        if rows * n > 0 {
+            // A large value somewhere, so the max is not near the others.
+            let mut v = x.to_vec::<f64>().unwrap();
+            let at = peak.index(v.len());
+            v[at] = 40.0;
+            x = Tensor::from_vec(v, [rows, n]).unwrap();
+        }
+        let x = x.to_dtype(dtype).unwrap();
+        let exact = x.to_dtype(F64).unwrap().to_vec::<f64>().unwrap();
+        let got = x.logsumexp().unwrap();
+        prop_assert_eq!(got.dims(), &[rows][..]);
+        let got = got.to_vec::<f64>().unwrap();
+        for r in 0..rows {
+            let want = logsumexp_def(&exact[r * n..(r + 1) * n]);
+            let g = got[r];
+            if want.is_finite() {
+                prop_assert!((g - want).abs() <= 1e-5 * want.abs().max(1.0), "row {}: {} vs {}", r, g, want);
+            } else {
+                prop_assert_eq!(g, want);
+            }
+        }
+    }
+}
+
+/// Non-finite rows: a NaN anywhere (head, a full group of 16, the tail) gives NaN; a row of
+/// `-inf` gives `-inf`; `+inf` without NaN gives `+inf`.
+#[test]
+fn logsumexp_non_finite_rows() {
+    for dtype in [F32, F64] {
+        for n in [1usize, 15, 16, 17, 40] {
+            for at in [0, n / 2, n - 1] {
+                let mut v = vec![0.5f64; n];
+                v[at] = f64::NAN;
+                let t = Tensor::from_vec(v, [1, n])
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                assert!(
+                    t.logsumexp().unwrap().to_vec::<f64>().unwrap()[0].is_nan(),
+                    "n {n} at {at}"
+                );
+                let mut v = vec![f64::NEG_INFINITY; n];
+                let t = Tensor::from_vec(v.clone(), [1, n])
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                assert_eq!(
+                    t.logsumexp().unwrap().to_vec::<f64>().unwrap()[0],
+                    f64::NEG_INFINITY
+                );
+                v[at] = f64::INFINITY;
+                let t = Tensor::from_vec(v, [1, n])
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                assert_eq!(
+                    t.logsumexp().unwrap().to_vec::<f64>().unwrap()[0],
+                    f64::INFINITY
+                );
+            }
+        }
+    }
+}
