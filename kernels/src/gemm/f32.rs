@@ -4,30 +4,128 @@
 //! (small or skinny problems) A is packed once and the B panels are split between tasks, each
 //! packing its own panels, so both threads stay busy without a third parallel region.
 
-use super::kernels::{spec, Spec};
+use super::kernels::spec;
 use super::pack::{pack_a, pack_b_panel, AlignedBuf};
 use super::MatRef;
 use crate::cpu::Level;
 use crate::send_ptr::SendPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Depth of a packed block.
+/// Cache blocking of the f32 GEMM: the depth of a packed block (`kc`), and an M block of
+/// `mc_panels` A panels (`mr` rows each) and an N block of `nc_panels` B panels (`nr` columns each)
+/// of the micro-kernel in use.
 ///
-/// Deep blocks keep each C tile in registers for long: measured on Zen 5 (one core, 2048³),
-/// KC = 256 reached 175 GFLOP/s, 512 → 199, 1024 → 214 (of a 252 GFLOP/s core peak); C tile
-/// loads and stores, not the micro-kernel (255 GFLOP/s from L1), were the cost.
-const KC: usize = 1024;
+/// An A block (`mc × kc`) and a B micro-panel (`kc × nr`) share L2, a B block (`kc × nc`) sits in
+/// L3. Chosen at run time by [`blocking`] from the CPU vendor; `SHEARS_GEMM_BLOCKING=kc,mc,nc`
+/// (panel counts for `mc` and `nc`) overrides it at start-up, and [`force_blocking`] at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Blocking {
+    /// Depth of a packed block, in elements of K.
+    pub kc: usize,
+    /// A panels per M block.
+    pub mc_panels: usize,
+    /// B panels per N block.
+    pub nc_panels: usize,
+}
+
+impl Blocking {
+    /// The blocking for this CPU.
+    ///
+    /// AMD (Zen 5): deep blocks keep each C tile in registers for long. Measured on one core,
+    /// 2048³: KC = 256 reached 175 GFLOP/s, 512 → 199, 1024 → 214 (of a 252 GFLOP/s core peak);
+    /// C tile loads and stores, not the micro-kernel (255 GFLOP/s from L1), were the cost.
+    ///
+    /// Intel: see [`INTEL`].
+    pub fn for_cpu() -> Blocking {
+        if crate::cpu::vendor() == "GenuineIntel" {
+            INTEL
+        } else {
+            AMD
+        }
+    }
+    fn encode(self) -> u64 {
+        (self.kc as u64) << 32 | (self.mc_panels as u64) << 16 | self.nc_panels as u64
+    }
+    fn decode(v: u64) -> Blocking {
+        Blocking {
+            kc: (v >> 32) as usize,
+            mc_panels: (v >> 16 & 0xffff) as usize,
+            nc_panels: (v & 0xffff) as usize,
+        }
+    }
+    /// Parses `kc,mc_panels,nc_panels`; `None` unless all three are in 1..=65535.
+    pub fn parse(s: &str) -> Option<Blocking> {
+        let v: Vec<usize> = s
+            .split(',')
+            .map(|x| x.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match v[..] {
+            [kc, mc, nc] if [kc, mc, nc].iter().all(|&x| (1..=0xffff).contains(&x)) => {
+                Some(Blocking {
+                    kc,
+                    mc_panels: mc,
+                    nc_panels: nc,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The blocking measured best on AMD Zen 5 (see [`Blocking::for_cpu`]).
+pub const AMD: Blocking = Blocking {
+    kc: 1024,
+    mc_panels: 8,
+    nc_panels: 64,
+};
+
+/// The blocking for Intel: the same as [`AMD`]. On the Xeon (family 6 model 207, 2 vCPUs, no AMX
+/// exposed) a sweep of kc ∈ {256, 384, 512, 768, 1024} × mc ∈ {4, 8, 16} × nc ∈ {32, 64} panels
+/// (`cargo run --release -p shears-kernels --example gemm_blocking`) found no blocking ahead of
+/// this one beyond the run-to-run spread (±5 %): 2048³ reached 271-280 GFLOP/s at kc ≥ 512 with
+/// 4 or 8 panels, against 218-264 at kc = 256 and 221-265 with 16 panels (2 threads, FMA peak
+/// 332-351 GFLOP/s).
+pub const INTEL: Blocking = Blocking {
+    kc: 1024,
+    mc_panels: 8,
+    nc_panels: 64,
+};
+
+static BLOCKING: AtomicU64 = AtomicU64::new(0);
+
+/// The blocking in force: the one set by [`force_blocking`] if any, else
+/// `SHEARS_GEMM_BLOCKING` if set and valid, else [`Blocking::for_cpu`].
+pub fn blocking() -> Blocking {
+    match BLOCKING.load(Ordering::Relaxed) {
+        0 => {
+            let b = std::env::var("SHEARS_GEMM_BLOCKING")
+                .ok()
+                .and_then(|s| Blocking::parse(&s))
+                .unwrap_or_else(Blocking::for_cpu);
+            BLOCKING.store(b.encode(), Ordering::Relaxed);
+            b
+        }
+        v => Blocking::decode(v),
+    }
+}
+
+/// Forces a blocking for the whole process (benchmarks, tests); `None` returns to the default.
+/// Panics on a zero field (a programming error, not input).
+pub fn force_blocking(b: Option<Blocking>) {
+    if let Some(b) = b {
+        assert!(
+            Blocking::parse(&format!("{},{},{}", b.kc, b.mc_panels, b.nc_panels)) == Some(b),
+            "force_blocking: every field must be in 1..=65535, got {b:?}"
+        );
+    }
+    BLOCKING.store(b.map_or(0, Blocking::encode), Ordering::Relaxed);
+}
 
 thread_local! {
     static A_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::new());
     static B_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::new());
-}
-
-fn blocking(s: &Spec) -> (usize, usize) {
-    // (MC, NC): an A block MC × KC and a B micro-panel KC × NR share L2; a B block KC × NC sits
-    // in L3.
-    (s.mr * 8, s.nr * 64)
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]` (c row-major, overwritten) with the micro-kernel of `level`
@@ -41,6 +139,26 @@ pub fn gemm(
     b: MatRef<f32>,
     c: &mut [f32],
 ) {
+    gemm_blocked(level, blocking(), m, n, k, a, b, c)
+}
+
+/// [`gemm`] with an explicit cache blocking (benchmarks and tests; any blocking gives the same
+/// result up to rounding). Panics on a zero field of `bl`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_blocked(
+    level: Level,
+    bl: Blocking,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<f32>,
+    b: MatRef<f32>,
+    c: &mut [f32],
+) {
+    assert!(
+        bl.kc > 0 && bl.mc_panels > 0 && bl.nc_panels > 0,
+        "gemm: blocking {bl:?} has a zero field"
+    );
     assert_eq!(c.len(), m * n, "gemm: output length");
     a.check(m, k, "a");
     b.check(k, n, "b");
@@ -58,7 +176,7 @@ pub fn gemm(
     };
     let s = spec(level);
     let (mr, nr) = (s.mr, s.nr);
-    let (mc_max, nc_max) = blocking(&s);
+    let (mc_max, nc_max, kc_max) = (mr * bl.mc_panels, nr * bl.nc_panels, bl.kc);
     let parallel = rayon::current_num_threads() > 1 && m * n * k >= 1 << 18;
     let threads = if parallel {
         rayon::current_num_threads()
@@ -71,8 +189,8 @@ pub fn gemm(
     for j0 in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - j0);
         let panels = nc.div_ceil(nr);
-        for p0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - p0);
+        for p0 in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - p0);
             let mblocks = m.div_ceil(mc_max);
             let want = if threads > 1 { 8 * threads } else { 1 };
             let apanels_all = |mc: usize| mc.div_ceil(mr) * mr * kc;

@@ -274,6 +274,80 @@ mod tests {
         }
     }
 
+    /// Like `check_level` at 2 threads, with an explicit blocking.
+    fn check_blocked(
+        level: cpu::Level,
+        bl: f32::Blocking,
+        (m, n, k): (usize, usize, usize),
+        tb: bool,
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let a = fill(m * k, seed);
+        let b = fill(k * n, seed ^ 0x1234);
+        let am = MatRef::new(&a, k, 1);
+        let bm = if tb {
+            MatRef::new(&b, 1, k)
+        } else {
+            MatRef::new(&b, n, 1)
+        };
+        let mut c = vec![f32::NAN; m * n];
+        let mut r = vec![0f32; m * n];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| f32::gemm_blocked(level, bl, m, n, k, am, bm, &mut c));
+        gemm_ref(m, n, k, am, bm, &mut r);
+        for (i, (x, y)) in c.iter().zip(&r).enumerate() {
+            prop_assert!(
+                (x - y).abs() <= 1e-5 * (k as f32 + 1.0),
+                "{level:?} {bl:?} [{i}] {x} vs {y}"
+            );
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Small blocks, so that every loop of the driver runs several times on small problems:
+        /// K blocks that accumulate into C, M and N blocks with ragged last blocks.
+        #[test]
+        fn f32_gemm_any_blocking_matches_ref(m in dims(), n in dims(), k in dims(), kc in 1usize..40, mcp in 1usize..4, ncp in 1usize..4, tb: bool, seed: u64) {
+            let bl = f32::Blocking { kc, mc_panels: mcp, nc_panels: ncp };
+            for level in cpu::available() {
+                check_blocked(level, bl, (m, n, k), tb, seed)?;
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_parses_and_rejects() {
+        let b = f32::Blocking::parse("512, 16,32").unwrap();
+        assert_eq!((b.kc, b.mc_panels, b.nc_panels), (512, 16, 32));
+        for bad in [
+            "",
+            "1,2",
+            "1,2,3,4",
+            "0,8,64",
+            "512,x,64",
+            "70000,8,64",
+            "-1,8,64",
+        ] {
+            assert_eq!(f32::Blocking::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn f32_gemm_production_blockings_cross_every_block() {
+        // Each vendor's blocking on a problem larger than one block in every dimension.
+        for bl in [f32::AMD, f32::INTEL] {
+            let shape = (bl.mc_panels * 12 + 5, bl.nc_panels * 32 + 33, bl.kc + 37);
+            for level in cpu::available() {
+                check_blocked(level, bl, shape, true, 11).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn f32_gemm_large_crosses_every_block() {
         // k > KC (1024), n > NC (2048 at AVX-512), m > MC (96): one large case per level, both
