@@ -405,7 +405,7 @@ unsafe fn weight_block<S: Simd, W: WeightElem, const R: usize>(
 unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W) -> f32 {
     let l = S::LANES;
     cpu::prefetch_once(
-        w.cast::<u8>().wrapping_add(GEMV_AHEAD),
+        w.cast::<u8>().wrapping_add(gemv_ahead()),
         k * std::mem::size_of::<W>(),
     );
     let mut a = [S::zero(); 4];
@@ -437,6 +437,21 @@ unsafe fn gemv_row<S: Simd, W: WeightElem>(k: usize, x: *const f32, w: *const W)
 /// T1 at 8192 bytes −10.6 / −6.8 %, and no better in the rounds where the host read over 50 GB/s.
 const GEMV_AHEAD: usize = 3072;
 
+/// [`GEMV_AHEAD`], or `SHEARS_GEMV_AHEAD` (bytes, 0..=65536) read once at start-up, for tuning
+/// on a machine where the default was not measured.
+#[inline(always)]
+fn gemv_ahead() -> usize {
+    use std::sync::OnceLock;
+    static AHEAD: OnceLock<usize> = OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        std::env::var("SHEARS_GEMV_AHEAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &usize| v <= 65536)
+            .unwrap_or(GEMV_AHEAD)
+    })
+}
+
 /// Weight rows `n0..n1` against all `m ≤ SMALL_M` rows of x: one row at a time for GEMV (M = 1,
 /// pure streaming), 6 weight rows × groups of 4 x rows otherwise.
 #[inline(always)]
@@ -454,7 +469,7 @@ unsafe fn rows<S: Simd, W: WeightElem>(
 ) {
     if m == 1 {
         // The task's first rows, which the previous rows' prefetches did not cover.
-        cpu::prefetch_once(w.add(n0 * k).cast(), GEMV_AHEAD);
+        cpu::prefetch_once(w.add(n0 * k).cast(), gemv_ahead());
         for j in n0..n1 {
             *y.add(j) = gemv_row::<S, W>(k, x, w.add(j * k));
         }
