@@ -171,6 +171,27 @@ fn inspect_corrupt_file_fails_cleanly() {
 }
 
 #[test]
+fn inspect_rejects_an_unknown_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f33.safetensors");
+    let header = br#"{"w":{"dtype":"F33","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&path, bytes).unwrap();
+    let p = path.to_str().unwrap();
+    for args in [vec!["inspect", p], vec!["inspect", "--json", p]] {
+        let o = shears(&args);
+        assert_clean_failure(&o, "f33.safetensors");
+        assert!(
+            stderr(&o).contains("unknown dtype \"F33\""),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn inspect_reads_a_gguf_file() {
     // The fetched default model (skips when `shears fetch` has not run).
     let gguf = common::default_model();

@@ -619,6 +619,21 @@ fn data_offsets_not_matching_shape_and_dtype() {
 }
 
 #[test]
+fn unknown_dtype_is_rejected_by_name() {
+    // Not in the spec: no reader can size it (inspect used to print it and exit 0).
+    let dir = tempfile::tempdir().unwrap();
+    let header = r#"{"w":{"dtype":"F33","shape":[2,2],"data_offsets":[0,16]}}"#;
+    let p = write(dir.path(), "f33.safetensors", &st_bytes(header, &[0; 16]));
+    assert_bad(&p, Some("w"), "unknown dtype \"F33\"");
+    // Case matters in the spec's names.
+    let header = r#"{"w":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}"#;
+    let p = write(dir.path(), "lower.safetensors", &st_bytes(header, &[0; 4]));
+    assert_bad(&p, Some("w"), "unknown dtype");
+    // (A spec dtype shears cannot load still reads as metadata: see
+    // `unsupported_dtypes_fail_to_load_but_can_be_inspected`.)
+}
+
+#[test]
 fn holes_and_trailing_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let header = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
@@ -665,7 +680,7 @@ fn shape_product_overflow() {
 #[test]
 fn unsupported_dtypes_fail_to_load_but_can_be_inspected() {
     let dir = tempfile::tempdir().unwrap();
-    let header = r#"{"q":{"dtype":"I32","shape":[2],"data_offsets":[0,8]},"r":{"dtype":"Q4_K","shape":[3],"data_offsets":[8,10]}}"#;
+    let header = r#"{"q":{"dtype":"I32","shape":[2],"data_offsets":[0,8]},"r":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[8,10]}}"#;
     let p = write(dir.path(), "int.safetensors", &st_bytes(header, &[0; 10]));
     let err = io::load(&p).unwrap_err();
     assert!(
@@ -689,7 +704,7 @@ fn unsupported_dtypes_fail_to_load_but_can_be_inspected() {
         .iter()
         .map(|t| (t.name.as_str(), t.dtype.as_str(), t.bytes, t.shears_dtype()))
         .collect();
-    assert_eq!(listed, [("q", "I32", 8, None), ("r", "Q4_K", 2, None)]);
+    assert_eq!(listed, [("q", "I32", 8, None), ("r", "F8_E4M3", 2, None)]);
 }
 
 // ---------------------------------------------------------------- interoperability

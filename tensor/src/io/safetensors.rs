@@ -112,6 +112,10 @@ fn safetensors_dtype(dtype: DType) -> &'static str {
     }
 }
 
+/// Every dtype the safetensors spec names, for error messages.
+const KNOWN_DTYPES: &str = "BOOL, U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, F4, F6_E2M3, F6_E3M2, I16, \
+                            U16, F16, BF16, I32, U32, F32, I64, U64, F64, C64";
+
 /// Bits per element of every dtype the safetensors spec names, so that offsets can be checked
 /// even for tensors shears cannot load.
 fn dtype_bits(name: &str) -> Option<usize> {
@@ -267,15 +271,21 @@ fn parse_header(path: &Path, json: &[u8], data_len: usize) -> Result<Parsed> {
         let t: RawTensor = serde_json::from_value(value)
             .map_err(|e| fail(format!("invalid header entry: {e}")))?;
         let [begin, end] = t.data_offsets;
+        // A dtype outside the spec is an error, as in the reference reader (its dtype enum
+        // rejects unknown names): nothing can size, check or read such a tensor.
+        let Some(bits) = dtype_bits(&t.dtype) else {
+            return Err(fail(format!(
+                "unknown dtype {:?} (the safetensors dtypes are {KNOWN_DTYPES})",
+                t.dtype
+            )));
+        };
         // Every stride is a product of non-zero dims, so bound that product (in bits, times the
         // element width) too, not only the element count: a shape like [0, 2^40, 2^40] must not
         // overflow later.
         let bound = t
             .shape
             .iter()
-            .try_fold(dtype_bits(&t.dtype).unwrap_or(8), |acc, &d| {
-                acc.checked_mul(d.max(1))
-            })
+            .try_fold(bits, |acc, &d| acc.checked_mul(d.max(1)))
             .filter(|&b| b <= isize::MAX as usize);
         if bound.is_none() {
             return Err(fail(format!(
@@ -293,18 +303,16 @@ fn parse_header(path: &Path, json: &[u8], data_len: usize) -> Result<Parsed> {
                  truncated file?"
             )));
         }
-        if let Some(bits) = dtype_bits(&t.dtype) {
-            // `bound` above (in bits) keeps this from overflowing.
-            let want = (elems * bits).div_ceil(8);
-            if end - begin != want {
-                return Err(fail(format!(
-                    "data_offsets [{begin}, {end}] hold {} bytes but shape {:?} of dtype {} needs \
-                     {want}",
-                    end - begin,
-                    t.shape,
-                    t.dtype
-                )));
-            }
+        // `bound` above (in bits) keeps this from overflowing.
+        let want = (elems * bits).div_ceil(8);
+        if end - begin != want {
+            return Err(fail(format!(
+                "data_offsets [{begin}, {end}] hold {} bytes but shape {:?} of dtype {} needs \
+                 {want}",
+                end - begin,
+                t.shape,
+                t.dtype
+            )));
         }
         entries.push(Entry {
             info: TensorInfo {
