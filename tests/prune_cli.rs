@@ -132,3 +132,70 @@ fn bad_prune_requests_fail_cleanly() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// A NaN in one weight of a checkpoint: `eval` and `prune` name the tensor and the element and
+/// exit 1, instead of printing a NaN perplexity or pruning garbage.
+#[test]
+fn a_nan_weight_is_named_by_eval_and_prune() {
+    let Some((model, text)) = assets() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("dense");
+    let (m, t, d) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    // Magnitude at 0 % needs no calibration: a plain HF copy of the model with its tokenizer.
+    let o = shears(&[
+        "prune",
+        "--model",
+        m,
+        "--method",
+        "magnitude",
+        "--sparsity",
+        "0",
+        "--out",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let file = dir.join("model.safetensors");
+    let mut tensors = shears::tensor::io::load(&file).unwrap();
+    let name = "model.layers.2.self_attn.v_proj.weight";
+    let w = &tensors[name];
+    let cols = w.dims()[1];
+    let mut v = w
+        .to_dtype(shears::tensor::DType::F32)
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    v[3 * cols + 5] = f32::NAN;
+    let bad = shears::tensor::Tensor::from_vec(v, w.dims())
+        .unwrap()
+        .to_dtype(w.dtype())
+        .unwrap();
+    tensors.insert(name.to_string(), bad);
+    shears::tensor::io::save(tensors.iter(), &file, None).unwrap();
+    for args in [
+        vec!["eval", "--model", d, "--text", t, "--max-windows", "1"],
+        vec![
+            "prune",
+            "--model",
+            d,
+            "--method",
+            "magnitude",
+            "--sparsity",
+            "0.5",
+        ],
+    ] {
+        let o = shears(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(name) && err.contains("NaN at [3, 5]"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

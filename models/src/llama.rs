@@ -381,6 +381,25 @@ impl Llama {
         out
     }
 
+    /// Errors naming the first weight that holds a NaN or an infinity, with the element's
+    /// position (`[row, column]` for a matrix), before it can spread through every logit.
+    /// Sparse projections are checked through their dense form.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, w) in self.named_weights() {
+            if let Some((i, v)) = w.first_non_finite()? {
+                let at = match w.dims() {
+                    [_, cols] => format!("[{}, {}]", i / cols, i % cols),
+                    _ => format!("element {i}"),
+                };
+                return Err(Error::invalid(
+                    "Llama::check_finite",
+                    format!("weight `{name}` holds {v} at {at}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the tensors `spec` selects trainable and returns them as optimizer parameters named
     /// by their checkpoint keys: a dense projection's weight, a masked one's weight with its mask
     /// (pruned entries stay exactly 0), a sparse one's kept values `[nnz]` (the structure is

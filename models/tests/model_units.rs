@@ -486,3 +486,44 @@ fn refresh_shapes_follows_layers_shrunk_one_after_another() {
         .iter()
         .all(|v| v.is_finite()));
 }
+
+/// A NaN or infinity in any weight is named, with its position, before a forward pass can spread
+/// it; a clean model passes.
+#[test]
+fn check_finite_names_the_damaged_weight() {
+    let mut model = Llama::random(&config(), 3).unwrap();
+    model.check_finite().unwrap();
+    for (bad, row, col) in [
+        (f32::NAN, 0usize, 0usize),
+        (f32::INFINITY, 47, 31),
+        (f32::NEG_INFINITY, 5, 17),
+    ] {
+        let mut m = model.clone();
+        let w = m.model.layers[1].mlp.up_proj.weight_tensor().into_owned();
+        let (rows, cols) = (w.dims()[0], w.dims()[1]);
+        assert_eq!((rows, cols), (48, 32));
+        let mut v = w.to_vec::<f32>().unwrap();
+        v[row * cols + col] = bad;
+        m.model.layers[1].mlp.up_proj = shears_models::layers::Linear::new(
+            shears_tensor::Tensor::from_vec(v, [rows, cols]).unwrap(),
+        )
+        .unwrap();
+        let msg = m.check_finite().unwrap_err().to_string();
+        assert!(msg.contains("model.layers.1.mlp.up_proj.weight"), "{msg}");
+        assert!(msg.contains(&format!("[{row}, {col}]")), "{msg}");
+        assert!(msg.contains(&format!("{}", bad as f64)), "{msg}");
+    }
+    // A norm weight (rank 1) is found too, by element.
+    let mut v = model.model.norm.weight.tensor().to_vec::<f32>().unwrap();
+    v[7] = f32::NAN;
+    model.model.norm = shears_models::layers::RmsNorm::new(
+        shears_tensor::Tensor::from_vec(v, [32]).unwrap(),
+        1e-5,
+    )
+    .unwrap();
+    let msg = model.check_finite().unwrap_err().to_string();
+    assert!(
+        msg.contains("model.norm.weight") && msg.contains("element 7"),
+        "{msg}"
+    );
+}

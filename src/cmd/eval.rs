@@ -33,6 +33,8 @@ pub struct EvalArgs {
 
 pub fn run(args: &EvalArgs) -> CliResult {
     let (model, tok, load_secs) = args.model.load()?;
+    // A NaN or infinity in a weight would turn every logit into NaN: name it instead.
+    model.check_finite()?;
     let files = if args.text.is_empty() {
         default_texts(eval::default_eval_files)?
     } else {

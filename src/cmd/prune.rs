@@ -112,6 +112,8 @@ pub fn run(args: &PruneArgs) -> CliResult {
         return Err("--format compressed needs --out DIR".into());
     }
     let (mut model, tok, load_secs) = args.model.load()?;
+    // A NaN or infinity in a weight would turn every logit into NaN: name it instead.
+    model.check_finite()?;
     let show = !args.json && std::io::stderr().is_terminal();
     let calib_files = if args.calib.is_empty() {
         default_texts(|dir| ["lcet10.txt", "plrabn12.txt"].map(|f| dir.join(f)).to_vec())?

@@ -163,3 +163,44 @@ fn softmax_of_masked_row_is_finite() {
     let y = x.softmax(-1).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(&y[..2], &[0.0, 1.0]);
 }
+
+/// `first_non_finite` finds the first NaN / ±inf in row-major order in every float dtype, through
+/// strided views, and nothing in finite or integer tensors.
+#[test]
+fn first_non_finite_finds_the_first_in_logical_order() {
+    use shears_tensor::{DType, Tensor};
+    for n in [0usize, 1, 15, 16, 17, 1000, 100_003] {
+        let clean = Tensor::from_vec((0..n).map(|i| i as f64 * 0.5 - 3.0).collect(), [n]).unwrap();
+        for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+            assert_eq!(
+                clean.to_dtype(dt).unwrap().first_non_finite().unwrap(),
+                None
+            );
+        }
+        for at in [0, n / 2, n.saturating_sub(1)]
+            .into_iter()
+            .filter(|&a| a < n)
+        {
+            let mut v: Vec<f64> = (0..n).map(|i| (i % 7) as f64).collect();
+            v[at] = f64::INFINITY;
+            if at + 1 < n {
+                v[n - 1] = f64::NAN; // a later one is not reported
+            }
+            let t = Tensor::from_vec(v, [n]).unwrap();
+            for dt in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+                let got = t.to_dtype(dt).unwrap().first_non_finite().unwrap();
+                assert_eq!(got, Some((at, f64::INFINITY)), "{dt:?} n {n} at {at}");
+            }
+        }
+    }
+    // A transposed view: logical order, not storage order.
+    let mut v = vec![1f32; 6];
+    v[1] = f32::NAN; // storage [0, 1] = logical [1, 0] of the transpose
+    v[3] = f32::NEG_INFINITY; // storage [1, 0] = logical [0, 1]
+    let t = Tensor::from_vec(v, [2, 3]).unwrap().t().unwrap();
+    let (i, x) = t.first_non_finite().unwrap().unwrap();
+    assert_eq!(i, 1);
+    assert_eq!(x, f64::NEG_INFINITY);
+    let ints = Tensor::from_vec(vec![1u32, 2, 3], [3]).unwrap();
+    assert_eq!(ints.first_non_finite().unwrap(), None);
+}

@@ -166,6 +166,24 @@ fn split_dims(shape: &Shape, d: usize, keepdim: bool) -> (usize, usize, usize, S
 }
 
 impl Tensor {
+    /// The first NaN or infinity in row-major order, as (flat index, value), or `None` when every
+    /// element is finite. Float dtypes are scanned (f16 / bf16 widened exactly, in parallel);
+    /// integer dtypes hold only finite values. For naming a damaged weight before it spreads.
+    pub fn first_non_finite(&self) -> Result<Option<(usize, f64)>> {
+        fn scan<T: Copy + Sync>(v: &[T], f: impl Fn(T) -> f64 + Sync) -> Option<(usize, f64)> {
+            v.par_iter()
+                .position_first(|&x| !f(x).is_finite())
+                .map(|i| (i, f(v[i])))
+        }
+        Ok(match self.cpu() {
+            CpuStorage::F32(_) => scan(&self.values::<f32>(), f64::from),
+            CpuStorage::F64(_) => scan(&self.values::<f64>(), |x| x),
+            CpuStorage::F16(_) => scan(&self.values::<half::f16>(), f64::from),
+            CpuStorage::BF16(_) => scan(&self.values::<half::bf16>(), f64::from),
+            _ => None,
+        })
+    }
+
     /// Reduces `dim` with `op`; keeps it as size 1 when `keepdim`. Float dtypes; output dtype is
     /// the input's.
     pub fn reduce(&self, op: ReduceOp, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
