@@ -383,19 +383,41 @@ impl Llama {
 
     /// Errors naming the first weight that holds a NaN or an infinity, with the element's
     /// position (`[row, column]` for a matrix), before it can spread through every logit.
-    /// Sparse projections are checked through their dense form.
+    /// A sparse projection is expanded to check it, one at a time (never the whole model).
     pub fn check_finite(&self) -> Result<()> {
-        for (name, w) in self.named_weights() {
-            if let Some((i, v)) = w.first_non_finite()? {
-                let at = match w.dims() {
-                    [_, cols] => format!("[{}, {}]", i / cols, i % cols),
-                    _ => format!("element {i}"),
-                };
-                return Err(Error::invalid(
-                    "Llama::check_finite",
-                    format!("weight `{name}` holds {v} at {at}"),
-                ));
+        let check = |name: &str, w: &Tensor| -> Result<()> {
+            match w.first_non_finite()? {
+                None => Ok(()),
+                Some((i, v)) => {
+                    let at = match w.dims() {
+                        [_, cols] => format!("[{}, {}]", i / cols, i % cols),
+                        _ => format!("element {i}"),
+                    };
+                    Err(Error::invalid(
+                        "Llama::check_finite",
+                        format!("weight `{name}` holds {v} at {at}"),
+                    ))
+                }
             }
+        };
+        check(
+            "model.embed_tokens.weight",
+            self.model.embed_tokens.weight.tensor(),
+        )?;
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+            for (name, lin) in Self::layer_linears(l) {
+                check(&p(name), &lin.weight_tensor())?;
+            }
+            check(&p("input_layernorm"), l.input_layernorm.weight.tensor())?;
+            check(
+                &p("post_attention_layernorm"),
+                l.post_attention_layernorm.weight.tensor(),
+            )?;
+        }
+        check("model.norm.weight", self.model.norm.weight.tensor())?;
+        if !self.config.tie_word_embeddings {
+            check("lm_head.weight", &self.lm_head.weight_tensor())?;
         }
         Ok(())
     }
