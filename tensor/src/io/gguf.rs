@@ -696,6 +696,17 @@ impl Gguf {
         })
     }
 
+    /// The metadata and tensor infos of a whole GGUF file already in memory (`file`: every byte
+    /// of it), validated as [`Gguf::open`] validates them; `path` only names it in errors. The
+    /// parser fuzz target (`tensor/tests/fuzz.rs`) drives it.
+    pub fn header_from_bytes(
+        path: impl AsRef<Path>,
+        file: &[u8],
+    ) -> Result<(BTreeMap<String, GgufValue>, Vec<GgufTensorInfo>)> {
+        let p = parse(path.as_ref(), file)?;
+        Ok((p.metadata, p.tensors))
+    }
+
     /// The value of a metadata key.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
         self.metadata.get(key)

@@ -391,6 +391,17 @@ pub fn load_metadata(path: impl AsRef<Path>) -> Result<Header> {
     Ok(parse_header(path, &json, data_len)?.into_header())
 }
 
+/// [`load_metadata`] of a whole `.safetensors` file already in memory (`file`: every byte of it);
+/// `path` only names it in errors. The same validation, without a file (the parser fuzz target,
+/// `tensor/tests/fuzz.rs`, drives it).
+pub fn metadata_from_bytes(path: impl AsRef<Path>, file: &[u8]) -> Result<Header> {
+    let path = path.as_ref();
+    let n = header_len(path, file, file.len() as u64)?;
+    // `header_len` checked 8 + n ≤ file.len().
+    let data_start = 8 + n;
+    Ok(parse_header(path, &file[8..data_start], file.len() - data_start)?.into_header())
+}
+
 /// Loads every tensor of a `.safetensors` file, keyed by name. The file is memory-mapped once and
 /// each tensor borrows its window of the map ([`Tensor::is_mapped`]); a tensor whose data is not
 /// aligned for its dtype is copied instead. `BOOL` loads as `U8`; other dtypes shears does not
