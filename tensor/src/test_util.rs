@@ -9,6 +9,8 @@
 
 use crate::{DType, Tensor};
 
+pub mod fuzz;
+
 /// Default `(atol, rtol)` for comparing results computed in `dtype` with an f64 reference.
 pub fn tolerance(dtype: DType) -> (f64, f64) {
     match dtype {
