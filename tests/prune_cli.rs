@@ -133,10 +133,10 @@ fn bad_prune_requests_fail_cleanly() {
     }
 }
 
-/// A NaN in one weight of a checkpoint: `eval` and `prune` name the tensor and the element and
-/// exit 1, instead of printing a NaN perplexity or pruning garbage.
+/// A NaN in one weight of a checkpoint: `eval`, `prune` and `generate` name the tensor and the
+/// element and exit 1, instead of printing a NaN perplexity, pruning or generating garbage.
 #[test]
-fn a_nan_weight_is_named_by_eval_and_prune() {
+fn a_nan_weight_is_named_by_eval_prune_and_generate() {
     let Some((model, text)) = assets() else {
         return;
     };
@@ -187,6 +187,15 @@ fn a_nan_weight_is_named_by_eval_and_prune() {
             "magnitude",
             "--sparsity",
             "0.5",
+        ],
+        vec![
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "2",
         ],
     ] {
         let o = shears(&args);

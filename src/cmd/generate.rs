@@ -43,6 +43,8 @@ pub struct GenerateArgs {
 
 pub fn run(args: &GenerateArgs) -> CliResult {
     let (model, tok, _) = args.model.load()?;
+    // A NaN or infinity in a weight would make every token garbage: name it instead.
+    model.check_finite()?;
     let prompt = if args.chat {
         format!(
             "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
