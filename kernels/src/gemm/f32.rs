@@ -62,15 +62,20 @@ impl Blocking {
             .map(|x| x.trim().parse().ok())
             .collect::<Option<_>>()?;
         match v[..] {
-            [kc, mc, nc] if [kc, mc, nc].iter().all(|&x| (1..=0xffff).contains(&x)) => {
-                Some(Blocking {
-                    kc,
-                    mc_panels: mc,
-                    nc_panels: nc,
-                })
-            }
+            [kc, mc_panels, nc_panels] => Some(Blocking {
+                kc,
+                mc_panels,
+                nc_panels,
+            })
+            .filter(Blocking::is_valid),
             _ => None,
         }
+    }
+    /// Every field in 1..=65535 (what [`force_blocking`] can store and the driver can run).
+    pub fn is_valid(&self) -> bool {
+        [self.kc, self.mc_panels, self.nc_panels]
+            .iter()
+            .all(|&x| (1..=0xffff).contains(&x))
     }
 }
 
@@ -116,7 +121,7 @@ pub fn blocking() -> Blocking {
 pub fn force_blocking(b: Option<Blocking>) {
     if let Some(b) = b {
         assert!(
-            Blocking::parse(&format!("{},{},{}", b.kc, b.mc_panels, b.nc_panels)) == Some(b),
+            b.is_valid(),
             "force_blocking: every field must be in 1..=65535, got {b:?}"
         );
     }

@@ -194,8 +194,11 @@ mod tests {
         crate::testing::lcg_values(n, seed, 1.0)
     }
 
+    /// `f32::gemm_blocked` at `level` with `bl` on `threads` threads against `gemm_ref`.
+    #[allow(clippy::too_many_arguments)]
     fn check_level(
         level: cpu::Level,
+        bl: f32::Blocking,
         threads: usize,
         m: usize,
         n: usize,
@@ -222,12 +225,12 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| f32::gemm(level, m, n, k, am, bm, &mut c));
+        pool.install(|| f32::gemm_blocked(level, bl, m, n, k, am, bm, &mut c));
         gemm_ref(m, n, k, am, bm, &mut r);
         for (i, (x, y)) in c.iter().zip(&r).enumerate() {
             prop_assert!(
                 (x - y).abs() <= 1e-5 * (k as f32 + 1.0),
-                "{level:?} t{threads} [{i}] {x} vs {y}"
+                "{level:?} {bl:?} t{threads} [{i}] {x} vs {y}"
             );
         }
         Ok(())
@@ -238,7 +241,7 @@ mod tests {
         #[test]
         fn f32_gemm_matches_ref_at_every_level(m in dims(), n in dims(), k in dims(), ta: bool, tb: bool, seed: u64, two: bool) {
             for level in cpu::available() {
-                check_level(level, if two { 2 } else { 1 }, m, n, k, ta, tb, seed)?;
+                check_level(level, f32::blocking(), if two { 2 } else { 1 }, m, n, k, ta, tb, seed)?;
             }
         }
 
@@ -274,39 +277,6 @@ mod tests {
         }
     }
 
-    /// Like `check_level` at 2 threads, with an explicit blocking.
-    fn check_blocked(
-        level: cpu::Level,
-        bl: f32::Blocking,
-        (m, n, k): (usize, usize, usize),
-        tb: bool,
-        seed: u64,
-    ) -> Result<(), TestCaseError> {
-        let a = fill(m * k, seed);
-        let b = fill(k * n, seed ^ 0x1234);
-        let am = MatRef::new(&a, k, 1);
-        let bm = if tb {
-            MatRef::new(&b, 1, k)
-        } else {
-            MatRef::new(&b, n, 1)
-        };
-        let mut c = vec![f32::NAN; m * n];
-        let mut r = vec![0f32; m * n];
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
-        pool.install(|| f32::gemm_blocked(level, bl, m, n, k, am, bm, &mut c));
-        gemm_ref(m, n, k, am, bm, &mut r);
-        for (i, (x, y)) in c.iter().zip(&r).enumerate() {
-            prop_assert!(
-                (x - y).abs() <= 1e-5 * (k as f32 + 1.0),
-                "{level:?} {bl:?} [{i}] {x} vs {y}"
-            );
-        }
-        Ok(())
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
         /// Small blocks, so that every loop of the driver runs several times on small problems:
@@ -315,7 +285,7 @@ mod tests {
         fn f32_gemm_any_blocking_matches_ref(m in dims(), n in dims(), k in dims(), kc in 1usize..40, mcp in 1usize..4, ncp in 1usize..4, tb: bool, seed: u64) {
             let bl = f32::Blocking { kc, mc_panels: mcp, nc_panels: ncp };
             for level in cpu::available() {
-                check_blocked(level, bl, (m, n, k), tb, seed)?;
+                check_level(level, bl, 2, m, n, k, false, tb, seed)?;
             }
         }
     }
@@ -343,7 +313,8 @@ mod tests {
         for bl in [f32::AMD, f32::INTEL] {
             let shape = (bl.mc_panels * 12 + 5, bl.nc_panels * 32 + 33, bl.kc + 37);
             for level in cpu::available() {
-                check_blocked(level, bl, shape, true, 11).unwrap();
+                let (m, n, k) = shape;
+                check_level(level, bl, 2, m, n, k, false, true, 11).unwrap();
             }
         }
     }
@@ -354,7 +325,7 @@ mod tests {
         // layouts.
         for level in cpu::available() {
             for tb in [false, true] {
-                check_level(level, 2, 101, 2048 + 33, 1024 + 37, false, tb, 7).unwrap();
+                check_level(level, f32::AMD, 2, 101, 2048 + 33, 1024 + 37, false, tb, 7).unwrap();
             }
         }
     }
