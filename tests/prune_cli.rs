@@ -115,6 +115,63 @@ fn prune_save_compressed_reload_and_eval_agree() {
 }
 
 #[test]
+fn n_of_m_other_than_2_4_saves_compressed_and_reloads() {
+    let Some((model, text)) = assets() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("pruned");
+    let (m, t, d) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    // 1:4 prunes one weight of every four: three are kept.
+    let r = json(&shears(&[
+        "prune",
+        "--model",
+        m,
+        "--method",
+        "magnitude",
+        "--nm",
+        "1:4",
+        "--eval",
+        t,
+        "--eval-windows",
+        "2",
+        "--seqlen",
+        "64",
+        "--no-dense-eval",
+        "--out",
+        d,
+        "--format",
+        "compressed",
+        "--json",
+    ]));
+    let achieved = r["achieved_sparsity"].as_f64().unwrap();
+    assert!((0.25..0.27).contains(&achieved), "{achieved}");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let sc = &cfg["quantization_config"]["sparsity_config"];
+    assert_eq!(sc["format"], "shears-nm-bitmask");
+    assert_eq!(sc["sparsity_structure"], "3:4");
+    let e = json(&shears(&[
+        "eval",
+        "--model",
+        d,
+        "--text",
+        t,
+        "--seqlen",
+        "64",
+        "--max-windows",
+        "2",
+        "--json",
+    ]));
+    let (after, again) = (r["ppl_after"].as_f64().unwrap(), e["ppl"].as_f64().unwrap());
+    assert!((again - after).abs() <= 1e-4 * after, "{after} vs {again}");
+}
+
+#[test]
 fn bad_prune_requests_fail_cleanly() {
     for (args, want) in [
         (vec!["prune", "--method", "obs"], "unknown pruning method"),

@@ -44,6 +44,8 @@
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod distill;
+pub mod finetune;
 mod hessian;
 mod magnitude;
 pub mod method;

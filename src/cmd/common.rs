@@ -4,6 +4,7 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// What a verb returns; an error is printed as `error: {e}` and exits with status 1.
@@ -120,6 +121,37 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Writes a directory through `write` into a temporary sibling, then renames it into place (an
+/// existing `out` is replaced only once the new one is complete), so an interrupted run leaves
+/// the old output or none, never half of one.
+pub fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| format!("--out {} has no directory name", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if out.exists() {
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(out, &old)?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&tmp, out)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

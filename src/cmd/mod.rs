@@ -9,6 +9,7 @@ pub mod bench_train;
 pub mod common;
 pub mod eval;
 pub mod fetch;
+pub mod finetune;
 pub mod generate;
 pub mod inspect;
 pub mod model;

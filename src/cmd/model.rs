@@ -83,6 +83,16 @@ impl ModelArgs {
         Ok(p)
     }
 
+    /// The checkpoint path: the one given, or the default model's (fetched when missing).
+    pub fn resolved_path(&self) -> CliResult<PathBuf> {
+        self.path()
+    }
+
+    /// Whether `--dtype` asks for half weights.
+    pub fn dtype_is_not_f32(&self) -> bool {
+        !matches!(self.dtype, DTypeArg::F32)
+    }
+
     /// Sizes the thread pool, then loads the model: the model, its tokenizer and the seconds the
     /// load took.
     pub fn load(&self) -> CliResult<(Llama, Tokenizer, f64)> {

@@ -6,7 +6,7 @@
 //! shears prune --method magnitude --sparsity 0.3 --bench   # decode speed dense vs sparse layers
 //! ```
 
-use super::common::{json_line, peak_rss_bytes, progress_bar, CliResult};
+use super::common::{json_line, peak_rss_bytes, progress_bar, save_atomically, CliResult};
 use super::model::{decode_tokens_per_s, default_texts, ModelArgs};
 use clap::{Args, ValueEnum};
 use shears::models::eval;
@@ -14,7 +14,7 @@ use shears::models::load;
 use shears::pruning::calibrate::{self, Event, PruneConfig};
 use shears::pruning::{method, PruningMethod, Sparsity};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -227,7 +227,8 @@ pub fn run(args: &PruneArgs) -> CliResult {
     let after = run_eval(&model, "pruned")?;
     let layout = match sparsity {
         Sparsity::Unstructured(_) => load::SparseLayout::Bitmask,
-        Sparsity::NM { n, m } => load::SparseLayout::Nm { n, m },
+        // `--nm N:M` prunes N of every M; the layout counts the kept ones.
+        Sparsity::NM { n, m } => load::SparseLayout::Nm { n: m - n, m },
     };
     let decode_sparse = if args.bench {
         // The pruned projections move into sparse layers; the function is the same.
@@ -325,37 +326,6 @@ pub fn run(args: &PruneArgs) -> CliResult {
             decode_sparse.map_or("-".into(), |t| format!("{t:.1}")),
             rss.map_or("?".into(), |b| format!("{:.2} GB", b as f64 / 1e9)),
         )?;
-    }
-    Ok(())
-}
-
-/// Writes a directory through `write` into a temporary sibling, then renames it into place (an
-/// existing `out` is replaced only once the new one is complete), so an interrupted run leaves
-/// the old output or none, never half of one.
-fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)?;
-    let name = out
-        .file_name()
-        .ok_or_else(|| format!("--out {} has no directory name", out.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old)?;
-        std::fs::rename(&tmp, out)?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&tmp, out)?;
     }
     Ok(())
 }

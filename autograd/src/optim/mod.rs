@@ -72,7 +72,14 @@ impl Param {
                 self.var.shape(),
             ));
         }
-        self.keep = Some(mask.ne_zero()?);
+        // A contiguous u8 mask of 0s and 1s is kept as given (shared, not copied: a model's
+        // masked layers and their parameters hold one mask).
+        let is_01 = mask.dtype() == DType::U8
+            && mask.is_contiguous()
+            && mask
+                .as_slice::<u8>()
+                .is_ok_and(|m| m.iter().all(|&v| v <= 1));
+        self.keep = Some(if is_01 { mask } else { mask.ne_zero()? });
         let value = self.var.tensor().clone();
         self.set(value)?;
         Ok(self)
