@@ -195,6 +195,56 @@ fn finetune_keeps_masks_saves_reloads_and_resumes_bit_identically() {
 }
 
 #[test]
+fn data_sampled_from_the_teacher_needs_no_corpus() {
+    let Some((model, _, _)) = assets() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let student = tmp.path().join("pruned");
+    pruned(&model, &student);
+    let out = tmp.path().join("ft");
+    let r = json(&shears(&[
+        "finetune",
+        "--model",
+        student.to_str().unwrap(),
+        "--data",
+        "teacher:96",
+        "--seqlen",
+        "16",
+        "--batch",
+        "1",
+        "--steps",
+        "2",
+        "--holdout",
+        "1",
+        "--no-eval",
+        "--save-every",
+        "0",
+        "--no-limits",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(r["data"], serde_json::json!(["teacher:96"]));
+    // 96 tokens → 6 sequences of 16 (+1) tokens, one held out.
+    assert_eq!(
+        (r["train_windows"].as_u64(), r["heldout_windows"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert!(out.join("model.safetensors").exists());
+    let bad = shears(&[
+        "finetune",
+        "--model",
+        "m",
+        "--data",
+        "teacher:x",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("token count"));
+}
+
+#[test]
 fn evaluation_text_is_not_training_text() {
     let Some((model, _, eval)) = assets() else {
         return;

@@ -42,6 +42,7 @@ use crate::Sparsity;
 use shears_autograd::optim::{self, AdamW, LrSchedule, Optimizer, Param};
 use shears_autograd::{no_grad, Var};
 use shears_models::eval::{self, PerplexityReport};
+use shears_models::generate::{generate, GenerateOptions, SamplingParams};
 use shears_models::layers::{Linear, Weight};
 use shears_models::llama::{ForwardOptions, Llama, TrainSpec};
 use shears_tensor::{io, DType, Error, Result, Rng, Tensor};
@@ -198,6 +199,36 @@ impl TrainData {
                 ),
             ));
         }
+        let windows = (0..n)
+            .map(|w| ids[w * seqlen..w * seqlen + seqlen + 1].to_vec())
+            .collect();
+        Self::from_windows(windows, holdout, seed)
+    }
+
+    /// From whole windows of `seqlen + 1` tokens each (e.g. sampled from the teacher with
+    /// [`sample_from_teacher`]), `holdout` of them held out at random from the seed.
+    pub fn from_windows(windows: Vec<Vec<u32>>, holdout: usize, seed: u64) -> Result<TrainData> {
+        const OP: &str = "TrainData::from_windows";
+        let Some(first) = windows.first() else {
+            return Err(Error::invalid(OP, "no windows"));
+        };
+        let seqlen = first.len().saturating_sub(1);
+        if seqlen < 2 || windows.iter().any(|w| w.len() != seqlen + 1) {
+            return Err(Error::invalid(
+                OP,
+                "every window needs the same length of at least 3 tokens",
+            ));
+        }
+        if windows.len() < holdout + 1 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} windows: too few for {holdout} held out and at least one to train on",
+                    windows.len()
+                ),
+            ));
+        }
+        let n = windows.len();
         let mut order: Vec<usize> = (0..n).collect();
         shuffle(&mut order, seed ^ 0x4845_4c44_4f55_5421);
         let mut is_heldout = vec![false; n];
@@ -205,12 +236,11 @@ impl TrainData {
             is_heldout[i] = true;
         }
         let (mut train, mut heldout) = (Vec::new(), Vec::new());
-        for (w, held) in is_heldout.iter().enumerate() {
-            let window = ids[w * seqlen..w * seqlen + seqlen + 1].to_vec();
-            if *held {
-                heldout.push(window);
+        for (w, held) in windows.into_iter().zip(is_heldout) {
+            if held {
+                heldout.push(w);
             } else {
-                train.push(window);
+                train.push(w);
             }
         }
         Ok(TrainData {
@@ -282,6 +312,51 @@ impl TrainData {
             Tensor::from_vec(target, [batch * t])?,
         ))
     }
+}
+
+/// `windows` sequences of `len` tokens sampled from `model` itself (its own distribution, so
+/// distillation needs no corpus): each starts with the BOS token (token 0 without one) and goes
+/// on at temperature 1 with no top-k / top-p cut, through EOS tokens, with the sampler seeded by
+/// `seed` and the sequence's index. `progress(done, total)` is called after each sequence.
+pub fn sample_from_teacher(
+    model: &Llama,
+    windows: usize,
+    len: usize,
+    seed: u64,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<u32>>> {
+    if len < 2 || len > model.config.max_position_embeddings {
+        return Err(Error::invalid(
+            "sample_from_teacher",
+            format!(
+                "sequences of {len} tokens (need 2 to the context length {})",
+                model.config.max_position_embeddings
+            ),
+        ));
+    }
+    let bos = model.config.bos_token_id.unwrap_or(0);
+    let mut out = Vec::with_capacity(windows);
+    for i in 0..windows {
+        let opts = GenerateOptions {
+            max_tokens: len - 1,
+            sampling: SamplingParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(i as u64),
+            },
+            stop_at_eos: false,
+        };
+        let g = generate(model, &[bos], &opts, |_| Ok(true))?;
+        let mut w = Vec::with_capacity(len);
+        w.push(bos);
+        w.extend(g.tokens);
+        out.push(w);
+        progress(i + 1, windows);
+    }
+    Ok(out)
 }
 
 /// Fisher–Yates from a seed.

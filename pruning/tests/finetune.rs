@@ -6,7 +6,9 @@ use shears_autograd::{nn, Var};
 use shears_models::config::LlamaConfig;
 use shears_models::llama::Llama;
 use shears_pruning::distill::{self, LossWeights, SQUAREHEAD_EPS};
-use shears_pruning::finetune::{prune_by_magnitude, FinetuneConfig, Finetuner, Gradual, TrainData};
+use shears_pruning::finetune::{
+    prune_by_magnitude, sample_from_teacher, FinetuneConfig, Finetuner, Gradual, TrainData,
+};
 use shears_tensor::{DType, Tensor};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -381,6 +383,30 @@ fn the_data_order_is_a_seeded_shuffle_per_epoch() {
     let other = TrainData::new(&distinct_ids(16 * 20 + 1), 16, 3, 10).unwrap();
     assert_ne!(other.heldout_ids(), held);
     assert!(TrainData::new(&ids(40), 16, 3, 1).is_err());
+}
+
+#[test]
+fn windows_sampled_from_the_teacher_are_reproducible() {
+    let teacher = Llama::random(&config(), 7).unwrap();
+    let a = sample_from_teacher(&teacher, 5, 17, 3, |_, _| {}).unwrap();
+    let b = sample_from_teacher(&teacher, 5, 17, 3, |_, _| {}).unwrap();
+    let c = sample_from_teacher(&teacher, 5, 17, 4, |_, _| {}).unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.iter().all(|w| w.len() == 17 && w.iter().all(|&t| t < 64)));
+    // Near-uniform random weights: the sequences are not constant.
+    let distinct: HashSet<u32> = a.iter().flatten().copied().collect();
+    assert!(distinct.len() > 16, "{distinct:?}");
+    let data = TrainData::from_windows(a, 1, 0).unwrap();
+    assert_eq!(
+        (data.train_windows(), data.heldout_windows(), data.seqlen()),
+        (4, 1, 16)
+    );
+    let (x, y) = data.batch(0, 2).unwrap();
+    assert_eq!((x.dims(), y.dims()), (&[2usize, 16][..], &[32usize][..]));
+    assert!(TrainData::from_windows(vec![vec![1, 2, 3], vec![1, 2]], 0, 0).is_err());
+    assert!(TrainData::from_windows(vec![vec![1, 2, 3]], 1, 0).is_err());
+    assert!(sample_from_teacher(&teacher, 1, 65, 0, |_, _| {}).is_err());
 }
 
 #[test]

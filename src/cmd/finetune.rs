@@ -19,7 +19,9 @@ use shears::models::eval;
 use shears::models::llama::Llama;
 use shears::models::load::{self, LoadOptions, SparseLayout};
 use shears::pruning::distill::LossWeights;
-use shears::pruning::finetune::{FinetuneConfig, Finetuner, Gradual, StepReport, TrainData};
+use shears::pruning::finetune::{
+    sample_from_teacher, FinetuneConfig, Finetuner, Gradual, StepReport, TrainData,
+};
 use shears::tensor::sparse::SparseTensor;
 use shears::tensor::DType;
 use std::io::Write;
@@ -52,7 +54,8 @@ pub struct FinetuneArgs {
     #[arg(long)]
     teacher: Option<PathBuf>,
     /// Training text files [default: lcet10.txt, plrabn12.txt and botchan.txt in the data
-    /// folder; never the evaluation set].
+    /// folder; never the evaluation set], or `teacher:N`: N tokens sampled from the teacher
+    /// (sequences of seqlen + 1 tokens from BOS at temperature 1; no corpus needed).
     #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
     /// Loss terms with optional weights: `squarehead`, `kd`, `ce`, comma-separated, e.g.
@@ -288,8 +291,31 @@ pub fn run(args: &FinetuneArgs) -> CliResult {
         gradual,
         ..FinetuneConfig::default()
     };
+    // `--data teacher:N`: N tokens sampled from the teacher instead of text files.
+    let from_teacher: Option<u64> = match args.data.as_slice() {
+        [one] => match one.to_str().and_then(|s| s.strip_prefix("teacher:")) {
+            Some(n) => Some(
+                n.parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--data teacher:N needs a token count, got {n:?}"))?,
+            ),
+            None => None,
+        },
+        many => {
+            if many
+                .iter()
+                .any(|p| p.to_str().is_some_and(|s| s.starts_with("teacher:")))
+            {
+                return Err("--data teacher:N stands alone (no text files beside it)".into());
+            }
+            None
+        }
+    };
     // Files: training data, evaluation, and no overlap unless forced.
-    let data_files = if args.data.is_empty() {
+    let data_files = if from_teacher.is_some() {
+        Vec::new()
+    } else if args.data.is_empty() {
         default_texts(|dir| {
             ["lcet10.txt", "plrabn12.txt", "botchan.txt"]
                 .map(|f| dir.join(f))
@@ -364,7 +390,7 @@ pub fn run(args: &FinetuneArgs) -> CliResult {
         }
     };
     let layout = input_layout(&student);
-    let teacher = if cfg.loss.needs_teacher() {
+    let teacher = if cfg.loss.needs_teacher() || from_teacher.is_some() {
         let t = load::load_model(&teacher_path, &LoadOptions { dtype: DType::F32 })?;
         t.check_finite()?;
         Some(t)
@@ -377,13 +403,37 @@ pub fn run(args: &FinetuneArgs) -> CliResult {
             eprintln!("{s}");
         }
     };
-    let text = eval::load_texts(&data_files)?;
-    let ids = tok.encode(&text, false)?;
-    drop(text);
-    let data = TrainData::new(&ids, args.seqlen, args.holdout, args.seed)?;
-    drop(ids);
+    let data = match (from_teacher, &teacher) {
+        (Some(n), Some(t)) => {
+            let windows = n.div_ceil(args.seqlen as u64) as usize;
+            let bar = progress_bar(windows as u64, show, "sequences sampled from the teacher");
+            let t0 = Instant::now();
+            let w = sample_from_teacher(t, windows, args.seqlen + 1, args.seed, |d, _| {
+                bar.set_position(d as u64)
+            })?;
+            bar.finish_and_clear();
+            say(format!(
+                "sampled {windows} sequences of {} tokens from the teacher in {:.0} s",
+                args.seqlen + 1,
+                t0.elapsed().as_secs_f64()
+            ));
+            TrainData::from_windows(w, args.holdout, args.seed)?
+        }
+        _ => {
+            let text = eval::load_texts(&data_files)?;
+            let ids = tok.encode(&text, false)?;
+            drop(text);
+            TrainData::new(&ids, args.seqlen, args.holdout, args.seed)?
+        }
+    };
+    // The teacher stays only when a loss term reads it.
+    let teacher = teacher.filter(|_| cfg.loss.needs_teacher());
     let mut ft = Finetuner::new(student, teacher, cfg.clone())?;
-    let settings = run_settings(args, &cfg, &student_path, &teacher_path, &data_files);
+    let data_names: Vec<PathBuf> = match from_teacher {
+        Some(n) => vec![PathBuf::from(format!("teacher:{n}"))],
+        None => data_files.clone(),
+    };
+    let settings = run_settings(args, &cfg, &student_path, &teacher_path, &data_names);
     let settings_file = state_dir.join("run.json");
     if args.resume {
         let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&settings_file)?)?;
@@ -613,7 +663,7 @@ pub fn run(args: &FinetuneArgs) -> CliResult {
             ("loss", cfg.loss.describe().into()),
             (
                 "data",
-                data_files
+                data_names
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
