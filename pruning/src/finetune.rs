@@ -773,10 +773,13 @@ impl Finetuner {
                 .iter()
                 .filter_map(|p| Some((p.name().to_string(), p.mask()?)))
                 .collect();
+            // The step ties the masks to the state written next: a crash between the two files
+            // leaves a pair that load_state refuses.
+            let meta = BTreeMap::from([("step".to_string(), self.step.to_string())]);
             io::save(
                 masks.iter().map(|(n, t)| (n.as_str(), *t)),
                 dir.join(MASKS_FILE),
-                None,
+                Some(&meta),
             )?;
         }
         optim::save_state(dir.join(STATE_FILE), &self.params, &self.opt, self.step)
@@ -788,6 +791,22 @@ impl Finetuner {
         if self.cfg.gradual.is_some() {
             let path = dir.join(MASKS_FILE);
             if path.exists() {
+                let step_of = |p: &Path| -> Result<Option<String>> {
+                    Ok(io::load_metadata(p)?.metadata.get("step").cloned())
+                };
+                let (ms, ss) = (step_of(&path)?, step_of(&dir.join(STATE_FILE))?);
+                if ms != ss {
+                    return Err(Error::format(
+                        &path,
+                        None,
+                        format!(
+                            "the masks are of step {} and the training state of step {}: the \
+                             checkpoint was interrupted while being written",
+                            ms.as_deref().unwrap_or("?"),
+                            ss.as_deref().unwrap_or("?")
+                        ),
+                    ));
+                }
                 let mut masks = io::load(&path)?;
                 for p in &mut self.params {
                     if let Some(m) = masks.remove(p.name()) {

@@ -286,8 +286,28 @@ fn a_resumed_run_continues_bit_identically() {
         };
         let mut other = Finetuner::new(student(), teacher(), short).unwrap();
         assert!(other.load_state(dir.path()).is_err());
+        if gradual.is_some() {
+            // Masks of another step than the state (a save interrupted between the two files)
+            // are refused, not silently combined.
+            let saved = dir.path().join("train_masks.safetensors");
+            let keep = std::fs::read(&saved).unwrap();
+            let mut other = Finetuner::new(student(), teacher(), cfg.clone()).unwrap();
+            other.step(&data).unwrap();
+            other.save_state(dir.path()).unwrap();
+            let state_now = std::fs::read(dir.path().join("train_state.safetensors")).unwrap();
+            write_mismatched_pair(dir.path(), &keep, &state_now);
+            let mut fresh = Finetuner::new(student(), teacher(), cfg.clone()).unwrap();
+            let err = fresh.load_state(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("interrupted"), "{err}");
+        }
         std::fs::remove_dir_all(dir.path()).ok();
     }
+}
+
+/// Puts the masks of an earlier save beside the state of a later one.
+fn write_mismatched_pair(dir: &Path, masks: &[u8], state: &[u8]) {
+    std::fs::write(dir.join("train_masks.safetensors"), masks).unwrap();
+    std::fs::write(dir.join("train_state.safetensors"), state).unwrap();
 }
 
 #[test]
