@@ -124,8 +124,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Writes a directory through `write` into a temporary sibling, then renames it into place (an
-/// existing `out` is replaced only once the new one is complete), so an interrupted run leaves
-/// the old output or none, never half of one.
+/// existing `out` is replaced only once the new one is complete, by one atomic exchange on
+/// Linux), so an interrupted run leaves the old output or the new one, never half of one.
 pub fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> CliResult {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -144,6 +144,11 @@ pub fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> Cl
         return Err(e);
     }
     if out.exists() {
+        // One atomic exchange where the system has it: the final name never goes missing.
+        if exchange(&tmp, out) {
+            std::fs::remove_dir_all(&tmp)?;
+            return Ok(());
+        }
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         std::fs::rename(out, &old)?;
         std::fs::rename(&tmp, out)?;
@@ -152,6 +157,36 @@ pub fn save_atomically(out: &Path, write: impl FnOnce(&Path) -> CliResult) -> Cl
         std::fs::rename(&tmp, out)?;
     }
     Ok(())
+}
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); `false` when the system or
+/// the file system cannot, so the caller falls back to two renames.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(ca), Ok(cb)) = (
+        CString::new(a.as_os_str().as_bytes()),
+        CString::new(b.as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: two valid NUL-terminated paths; the call reads them and touches nothing else.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> bool {
+    false
 }
 
 #[cfg(test)]
