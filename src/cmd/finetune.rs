@@ -380,14 +380,7 @@ pub fn run(args: &FinetuneArgs) -> CliResult {
     let student_path = args.model.resolved_path()?;
     let teacher_path = match &args.teacher {
         Some(p) => p.clone(),
-        None => {
-            let dir = shears::fetch::default_data_dir();
-            let p = shears::fetch::default_model_path(&dir);
-            if !p.exists() {
-                super::model::ensure_default_assets(&dir)?;
-            }
-            p
-        }
+        None => super::model::default_model_path()?,
     };
     let layout = input_layout(&student);
     let teacher = if cfg.loss.needs_teacher() || from_teacher.is_some() {

@@ -72,15 +72,10 @@ impl KvDTypeArg {
 
 impl ModelArgs {
     fn path(&self) -> CliResult<PathBuf> {
-        if let Some(p) = &self.model {
-            return Ok(p.clone());
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => default_model_path(),
         }
-        let dir = shears::fetch::default_data_dir();
-        let p = shears::fetch::default_model_path(&dir);
-        if !p.exists() {
-            ensure_default_assets(&dir)?;
-        }
-        Ok(p)
     }
 
     /// The checkpoint path: the one given, or the default model's (fetched when missing).
@@ -110,6 +105,16 @@ impl ModelArgs {
         }
         Ok((model, tok, t0.elapsed().as_secs_f64()))
     }
+}
+
+/// The default model's path (`shears fetch`'s download), fetched first when missing.
+pub fn default_model_path() -> CliResult<PathBuf> {
+    let dir = shears::fetch::default_data_dir();
+    let p = shears::fetch::default_model_path(&dir);
+    if !p.exists() {
+        ensure_default_assets(&dir)?;
+    }
+    Ok(p)
 }
 
 /// Downloads the default model and corpus (as `shears fetch` does) when a command needs them and
