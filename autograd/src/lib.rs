@@ -39,4 +39,4 @@ pub mod optim;
 pub mod sparse;
 mod var;
 
-pub use var::{is_grad_enabled, no_grad, Grads, Var, VarId};
+pub use var::{is_grad_enabled, no_grad, with_grad_enabled, Grads, Var, VarId};

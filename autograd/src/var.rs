@@ -52,6 +52,30 @@ pub(crate) fn enable_grad<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Runs `f` with graph recording on this thread set to `enabled`, whatever the enclosing scope,
+/// and restores the previous state (even if `f` panics).
+///
+/// Recording is a per-thread flag, so work handed to another thread must carry its mode along:
+/// a rayon worker that waits inside one caller's [`no_grad`] scope may meanwhile run a job of
+/// another caller that records. Code that moves a forward pass onto a pool thread captures
+/// [`is_grad_enabled`] first and re-establishes it there with this function.
+///
+/// ```
+/// use shears_autograd::{is_grad_enabled, no_grad, with_grad_enabled};
+/// no_grad(|| {
+///     assert!(!is_grad_enabled());
+///     assert!(with_grad_enabled(true, is_grad_enabled));
+///     assert!(!is_grad_enabled());
+/// });
+/// ```
+pub fn with_grad_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    if enabled {
+        enable_grad(f)
+    } else {
+        no_grad(f)
+    }
+}
+
 /// False inside a [`no_grad`] scope on this thread.
 pub fn is_grad_enabled() -> bool {
     !NO_GRAD.with(Cell::get)

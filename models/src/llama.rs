@@ -30,7 +30,7 @@
 use crate::config::{LayerShape, LlamaConfig};
 use crate::layers::{Embedding, Linear, RmsNorm};
 use shears_autograd::optim::Param;
-use shears_autograd::{is_grad_enabled, no_grad, Var};
+use shears_autograd::{is_grad_enabled, no_grad, with_grad_enabled, Var};
 pub use shears_tensor::kv::KvCache;
 use shears_tensor::{DType, Error, Result, RopeLayout, RopeTables, Tensor};
 use std::borrow::Cow;
@@ -684,14 +684,7 @@ impl Llama {
         cache: Option<&mut KvCache>,
         opts: ForwardOptions,
     ) -> Result<ForwardOutput> {
-        let grad = is_grad_enabled();
-        in_pool(move || {
-            if grad {
-                self.forward_impl(ids, cache, opts)
-            } else {
-                no_grad(|| self.forward_impl(ids, cache, opts))
-            }
-        })
+        in_pool(move || self.forward_impl(ids, cache, opts))
     }
 
     fn forward_impl(
@@ -771,14 +764,7 @@ impl Llama {
 
     /// Logits `(.., vocab)` of normed hidden states `(.., hidden)` (recorded like any op).
     pub fn logits(&self, hidden: &Var) -> Result<Var> {
-        let grad = is_grad_enabled();
-        in_pool(move || {
-            if grad {
-                self.lm_head.forward(hidden)
-            } else {
-                no_grad(|| self.lm_head.forward(hidden))
-            }
-        })
+        in_pool(move || self.lm_head.forward(hidden))
     }
 
     /// The training forward: logits `(batch, seq, vocab)` of `ids: (batch, seq)` and, if asked,
@@ -949,11 +935,16 @@ fn check_shapes(c: &LlamaConfig, model: &LlamaModel, lm_head: &Linear) -> Result
 /// Runs `f` on a thread of rayon's pool. Each parallel kernel call made from outside the pool
 /// pays a cross-thread wake-up (about 20 µs on a 2-vCPU VM, measured), while one made from a
 /// worker is a cheap local push; a decode step makes hundreds of them.
+///
+/// `f` runs with this thread's graph-recording mode ([`is_grad_enabled`]): recording is a
+/// per-thread flag, and the worker that picks `f` up may be waiting inside another caller's
+/// `no_grad` scope (found as a test that lost gradients only when run beside others).
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
+    let grad = is_grad_enabled();
     let mut out = None;
-    rayon::scope(|_| out = Some(f()));
+    rayon::scope(|_| out = Some(with_grad_enabled(grad, f)));
     out.expect("the scope ran the closure")
 }

@@ -722,6 +722,18 @@ impl Finetuner {
         }
         let mut grads = loss.backward()?;
         drop(loss);
+        // Every trainable weight feeds the loss; one without a gradient means the forward did
+        // not record (the optimizer would skip it silently).
+        if let Some(p) = self.params.iter().find(|p| grads.get(p.var()).is_none()) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "step {step}: no gradient reached {} (the forward pass recorded no graph \
+                     through it)",
+                    p.name()
+                ),
+            ));
+        }
         if let Some(max) = self.cfg.clip_norm {
             report.grad_norm = Some(optim::clip_grad_norm(&mut grads, &self.params, max)?);
         }
