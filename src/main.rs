@@ -38,7 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Generate text from a prompt, streaming tokens as they come.
     Generate(generate::GenerateArgs),
-    /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M), layer by layer.
+    /// Prune a model: magnitude, Wanda, SparseGPT (unstructured or N:M, layer by layer) or Bonsai
+    /// (structured, to a smaller dense model).
     Prune(prune::PruneArgs),
     /// Fine-tune a pruned model with its masks fixed (SquareHead distillation from the dense
     /// teacher by default), or prune a dense one gradually while it trains.

@@ -171,6 +171,95 @@ fn n_of_m_other_than_2_4_saves_compressed_and_reloads() {
     assert!((again - after).abs() <= 1e-4 * after, "{after} vs {again}");
 }
 
+/// Bonsai on SmolLM2 with a few small sub-models: the model shrinks by about the target, the
+/// saved directory reloads with its per-layer shapes and scores the same perplexity, and `bench`
+/// runs it.
+#[test]
+fn bonsai_prunes_saves_and_reloads_a_smaller_model() {
+    let Some((model, text)) = assets() else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("small");
+    let (m, t, d) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    let r = json(&shears(&[
+        "prune",
+        "--model",
+        m,
+        "--method",
+        "bonsai",
+        "--sparsity",
+        "0.05",
+        "--submodels",
+        "10",
+        "--windows",
+        "1",
+        "--window-len",
+        "32",
+        "--calib",
+        t,
+        "--seqlen",
+        "64",
+        "--eval",
+        t,
+        "--eval-windows",
+        "2",
+        "--out",
+        d,
+        "--json",
+    ]));
+    assert_eq!(r["method"], "bonsai");
+    let rounds = r["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(rounds[0]["submodel_ppl"].as_array().unwrap().len(), 10);
+    let (before, after) = (
+        r["params_before"].as_u64().unwrap(),
+        r["params_after"].as_u64().unwrap(),
+    );
+    let removed = 1.0 - after as f64 / before as f64;
+    assert!((0.03..=0.05).contains(&removed), "{removed}");
+    let ppl = r["ppl_after"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > r["ppl_before"].as_f64().unwrap());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let widths = cfg["intermediate_size_per_layer"].as_array().unwrap();
+    assert_eq!(widths.len(), 30);
+    assert!(widths.iter().any(|w| w.as_u64().unwrap() < 1536));
+    let e = json(&shears(&[
+        "eval",
+        "--model",
+        d,
+        "--text",
+        t,
+        "--seqlen",
+        "64",
+        "--max-windows",
+        "2",
+        "--json",
+    ]));
+    let again = e["ppl"].as_f64().unwrap();
+    assert!(
+        (again - ppl).abs() <= 1e-4 * ppl,
+        "pruned {ppl}, reloaded {again}"
+    );
+    let b = shears(&[
+        "bench",
+        "--model",
+        d,
+        "--prefill",
+        "16",
+        "--decode",
+        "4",
+        "--no-limits",
+        "--json",
+    ]);
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+}
+
 #[test]
 fn bad_prune_requests_fail_cleanly() {
     for (args, want) in [
@@ -182,6 +271,22 @@ fn bad_prune_requests_fail_cleanly() {
             "cannot be used",
         ),
         (vec!["prune", "--format", "compressed"], "--out"),
+        (
+            vec!["prune", "--method", "bonsai", "--nm", "2:4"],
+            "--sparsity, not --nm",
+        ),
+        (
+            vec![
+                "prune",
+                "--method",
+                "bonsai",
+                "--format",
+                "compressed",
+                "--out",
+                "x",
+            ],
+            "dense",
+        ),
     ] {
         let o = shears(&args);
         assert!(!o.status.success(), "{args:?} succeeded");

@@ -43,6 +43,8 @@
 //! in each module's documentation and in `shared/ALGORITHMS.md`.
 #![warn(missing_docs)]
 
+pub mod bonsai;
+pub mod bonsai_fit;
 pub mod calibrate;
 pub mod distill;
 pub mod finetune;

@@ -14,3 +14,4 @@ pub mod generate;
 pub mod inspect;
 pub mod model;
 pub mod prune;
+pub mod prune_bonsai;

@@ -4,13 +4,17 @@
 //! shears prune --sparsity 0.5 --eval                # SparseGPT on the fetched model, ppl before/after
 //! shears prune --method wanda --nm 2:4 --out pruned --format compressed --json
 //! shears prune --method magnitude --sparsity 0.3 --bench   # decode speed dense vs sparse layers
+//! shears prune --method bonsai --sparsity 0.3 --out small  # structured: a smaller dense model
 //! ```
 
 use super::common::{json_line, peak_rss_bytes, progress_bar, save_atomically, CliResult};
 use super::model::{decode_tokens_per_s, default_texts, ModelArgs};
+use super::prune_bonsai::BonsaiArgs;
 use clap::{Args, ValueEnum};
 use shears::models::eval;
+use shears::models::llama::Llama;
 use shears::models::load;
+use shears::models::tokenizer::Tokenizer;
 use shears::pruning::calibrate::{self, Event, PruneConfig};
 use shears::pruning::{method, PruningMethod, Sparsity};
 use std::io::{IsTerminal, Write};
@@ -30,61 +34,133 @@ pub enum OutFormat {
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     #[command(flatten)]
-    model: ModelArgs,
-    /// Pruning method: magnitude, wanda or sparsegpt.
+    pub(crate) model: ModelArgs,
+    /// Pruning method: magnitude, wanda or sparsegpt (layer by layer, unstructured or N:M), or
+    /// bonsai (structured: whole MLP channels and KV groups leave; see the Bonsai options).
     #[arg(long, value_parser = parse_method, default_value = "sparsegpt")]
-    method: Arc<dyn PruningMethod>,
+    pub(crate) method: MethodArg,
     /// Unstructured sparsity, the fraction of each projection's weights removed [default: 0.5
-    /// unless --nm is given].
+    /// unless --nm is given]; with bonsai, the fraction of the parameters outside the embeddings
+    /// and the head.
     #[arg(long, conflicts_with = "nm")]
-    sparsity: Option<f64>,
+    pub(crate) sparsity: Option<f64>,
     /// N:M semi-structured sparsity: N of every M consecutive input weights are removed (2:4).
     #[arg(long, value_parser = parse_nm)]
-    nm: Option<(usize, usize)>,
+    pub(crate) nm: Option<(usize, usize)>,
     /// Calibration text files, joined by a blank line [default: lcet10.txt and plrabn12.txt in
     /// the data folder].
     #[arg(long, num_args = 1..)]
-    calib: Vec<PathBuf>,
+    pub(crate) calib: Vec<PathBuf>,
     /// Calibration windows.
     #[arg(long, default_value_t = 128)]
     nsamples: usize,
     /// Tokens per calibration (and evaluation) window.
     #[arg(long, default_value_t = 512)]
-    seqlen: usize,
+    pub(crate) seqlen: usize,
     /// Seed of the calibration window offsets.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Prune [q,k,v] → [o] → [gate,up] → [down] in turn [default: on for sparsegpt, off for wanda].
     #[arg(long)]
     true_sequential: Option<bool>,
     /// Where to write the pruned model (an HF directory; replaced atomically when it exists).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// How to write it.
     #[arg(long, value_enum, default_value = "dense")]
-    format: OutFormat,
+    pub(crate) format: OutFormat,
     /// Evaluate perplexity before and after on these files (`--eval` alone: alice29.txt and
     /// asyoulik.txt in the data folder).
     #[arg(long, num_args = 0..)]
-    eval: Option<Vec<PathBuf>>,
+    pub(crate) eval: Option<Vec<PathBuf>>,
     /// Evaluate only the first N windows.
     #[arg(long)]
-    eval_windows: Option<usize>,
+    pub(crate) eval_windows: Option<usize>,
     /// With --eval, skip the dense model's perplexity (when it is known already).
     #[arg(long)]
-    no_dense_eval: bool,
+    pub(crate) no_dense_eval: bool,
     /// Also time decoding (128 tokens, greedy) with the dense model and with the pruned one held
     /// in sparse layers (bitmask, or N:M), in the same run.
     #[arg(long)]
-    bench: bool,
+    pub(crate) bench: bool,
     /// Print one JSON object (method, sparsity, seconds, ppl_before, ppl_after, peak_rss_bytes,
     /// layers, ...).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) bonsai: BonsaiArgs,
 }
 
-fn parse_method(s: &str) -> Result<Arc<dyn PruningMethod>, String> {
-    method::by_name(s).map_err(|e| e.to_string())
+/// A layer-wise method, or Bonsai.
+#[derive(Clone, Debug)]
+pub enum MethodArg {
+    /// Magnitude, Wanda, SparseGPT: masks per projection, layer by layer.
+    Layerwise(Arc<dyn PruningMethod>),
+    /// Bonsai: structured removal scored by sub-model perplexities.
+    Bonsai,
+}
+
+fn parse_method(s: &str) -> Result<MethodArg, String> {
+    if s.eq_ignore_ascii_case("bonsai") {
+        return Ok(MethodArg::Bonsai);
+    }
+    method::by_name(s)
+        .map(MethodArg::Layerwise)
+        .map_err(|e| format!("{e} (or bonsai)"))
+}
+
+/// The calibration token ids: `--calib` files, or lcet10.txt and plrabn12.txt.
+pub(crate) fn calibration_ids(args: &PruneArgs, tok: &Tokenizer) -> CliResult<Vec<u32>> {
+    let calib_files = if args.calib.is_empty() {
+        default_texts(|dir| ["lcet10.txt", "plrabn12.txt"].map(|f| dir.join(f)).to_vec())?
+    } else {
+        args.calib.clone()
+    };
+    Ok(tok.encode(&eval::load_texts(&calib_files)?, false)?)
+}
+
+/// The evaluation token ids when `--eval` is given (cut to `--eval-windows`).
+pub(crate) fn evaluation_ids(args: &PruneArgs, tok: &Tokenizer) -> CliResult<Option<Vec<u32>>> {
+    let Some(files) = &args.eval else {
+        return Ok(None);
+    };
+    let files = if files.is_empty() {
+        default_texts(eval::default_eval_files)?
+    } else {
+        files.clone()
+    };
+    let mut ids = tok.encode(&eval::load_texts(&files)?, false)?;
+    if let Some(w) = args.eval_windows {
+        ids.truncate(w * args.seqlen);
+    }
+    Ok(Some(ids))
+}
+
+/// Perplexity of `model` on `ids` with a progress bar, printed unless `--json`.
+pub(crate) fn evaluate(
+    args: &PruneArgs,
+    model: &Llama,
+    ids: Option<&[u32]>,
+    show: bool,
+    what: &str,
+) -> CliResult<Option<eval::PerplexityReport>> {
+    let Some(ids) = ids else {
+        return Ok(None);
+    };
+    let bar = progress_bar(
+        (ids.len() / args.seqlen) as u64,
+        show,
+        &format!("windows ({what})"),
+    );
+    let r = eval::perplexity(model, ids, args.seqlen, |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    if !args.json {
+        eprintln!(
+            "perplexity {what}: {:.4} ({} windows of {})",
+            r.ppl, r.windows, r.seqlen
+        );
+    }
+    Ok(Some(r))
 }
 
 fn parse_nm(s: &str) -> Result<(usize, usize), String> {
@@ -108,6 +184,10 @@ pub fn run(args: &PruneArgs) -> CliResult {
         (None, None) => Sparsity::Unstructured(0.5),
     };
     sparsity.validate("shears prune")?;
+    let method = match &args.method {
+        MethodArg::Layerwise(m) => m.clone(),
+        MethodArg::Bonsai => return super::prune_bonsai::run(args, t_all),
+    };
     if args.format == OutFormat::Compressed && args.out.is_none() {
         return Err("--format compressed needs --out DIR".into());
     }
@@ -115,51 +195,13 @@ pub fn run(args: &PruneArgs) -> CliResult {
     // A NaN or infinity in a weight would turn every logit into NaN: name it instead.
     model.check_finite()?;
     let show = !args.json && std::io::stderr().is_terminal();
-    let calib_files = if args.calib.is_empty() {
-        default_texts(|dir| ["lcet10.txt", "plrabn12.txt"].map(|f| dir.join(f)).to_vec())?
-    } else {
-        args.calib.clone()
-    };
-    let calib_ids = tok.encode(&eval::load_texts(&calib_files)?, false)?;
+    let calib_ids = calibration_ids(args, &tok)?;
     let windows =
         calibrate::calibration_windows(&calib_ids, args.nsamples, args.seqlen, args.seed)?;
     drop(calib_ids);
-    let eval_ids = match &args.eval {
-        None => None,
-        Some(files) => {
-            let files = if files.is_empty() {
-                default_texts(eval::default_eval_files)?
-            } else {
-                files.clone()
-            };
-            let mut ids = tok.encode(&eval::load_texts(&files)?, false)?;
-            if let Some(w) = args.eval_windows {
-                ids.truncate(w * args.seqlen);
-            }
-            Some(ids)
-        }
-    };
-    let run_eval = |model: &shears::models::llama::Llama,
-                    what: &str|
-     -> CliResult<Option<eval::PerplexityReport>> {
-        let Some(ids) = &eval_ids else {
-            return Ok(None);
-        };
-        let bar = progress_bar(
-            (ids.len() / args.seqlen) as u64,
-            show,
-            &format!("windows ({what})"),
-        );
-        let r = eval::perplexity(model, ids, args.seqlen, |d, _| bar.set_position(d as u64))?;
-        bar.finish_and_clear();
-        if !args.json {
-            eprintln!(
-                "perplexity {what}: {:.4} ({} windows of {})",
-                r.ppl, r.windows, r.seqlen
-            );
-        }
-        Ok(Some(r))
-    };
+    let eval_ids = evaluation_ids(args, &tok)?;
+    let run_eval =
+        |model: &Llama, what: &str| evaluate(args, model, eval_ids.as_deref(), show, what);
     let before = if args.no_dense_eval {
         None
     } else {
@@ -176,7 +218,7 @@ pub fn run(args: &PruneArgs) -> CliResult {
         None
     };
 
-    let mut cfg = PruneConfig::new(args.method.clone(), sparsity);
+    let mut cfg = PruneConfig::new(method.clone(), sparsity);
     if let Some(ts) = args.true_sequential {
         cfg.true_sequential = ts;
     }
@@ -219,7 +261,7 @@ pub fn run(args: &PruneArgs) -> CliResult {
         eprintln!(
             "pruned {} projections with {} to sparsity {:.4} in {:.1} s",
             report.layers.len(),
-            args.method.name(),
+            method.name(),
             report.sparsity,
             report.seconds
         );
@@ -287,7 +329,7 @@ pub fn run(args: &PruneArgs) -> CliResult {
             ),
             ("layers", serde_json::to_value(&report.layers)?),
             ("load_secs", load_secs.into()),
-            ("method", args.method.name().into()),
+            ("method", method.name().into()),
             ("nsamples", args.nsamples.into()),
             (
                 "out",
@@ -312,7 +354,7 @@ pub fn run(args: &PruneArgs) -> CliResult {
         writeln!(
             stdout,
             "{} {}: sparsity {:.4}, {:.1} s pruning | perplexity dense {} → pruned {} (seqlen {}) | decode dense {} → pruned {} tokens/s | peak RSS {}",
-            args.method.name(),
+            method.name(),
             match &sparsity {
                 Sparsity::Unstructured(s) => format!("{:.0}%", s * 100.0),
                 Sparsity::NM { n, m } => format!("{n}:{m}"),
