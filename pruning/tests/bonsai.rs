@@ -58,6 +58,7 @@ fn small(target: f64) -> BonsaiConfig {
         seqlen: 16,
         prior_windows: 2,
         batch: 5,
+        attention: true,
         ..BonsaiConfig::new(target)
     }
 }
@@ -117,11 +118,23 @@ fn masking_units_equals_removing_them() {
 
 #[test]
 fn a_run_reaches_its_target_saves_and_reloads() {
+    // Channels one by one (the reference) and in groups of 4.
+    for group in [1, 4] {
+        reaches_target_saves_and_reloads(group);
+    }
+}
+
+fn reaches_target_saves_and_reloads(channel_group: usize) {
     let mut model = Llama::random(&config(), 5).unwrap();
     let before = prunable_params(&model);
     let mut rounds_seen = 0;
-    let report = bonsai_prune(&mut model, &tokens(), &small(0.3), |e| {
-        if let BonsaiEvent::RoundDone(r) = e {
+    let cfg = BonsaiConfig {
+        channel_group,
+        ..small(0.3)
+    };
+    let report = bonsai_prune(&mut model, &tokens(), &cfg, |e| {
+        if let BonsaiEvent::RoundDone { report: r, model } = e {
+            assert_eq!(prunable_params(model), r.params_after);
             rounds_seen += 1;
             assert_eq!(r.submodel_ppl.len(), 12);
             assert!(r.tau.is_some_and(|t| (-1.0..=1.0).contains(&t)));

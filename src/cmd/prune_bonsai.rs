@@ -43,9 +43,19 @@ pub struct BonsaiArgs {
     /// one-shot structured baseline Bonsai is compared with).
     #[arg(long)]
     pub prior_only: bool,
-    /// Prune MLP channels only (attention KV groups stay).
+    /// Also save the model as it passes these removed shares, to `<out>-<percent>` (e.g. `--out
+    /// small --snapshots 0.2,0.3` writes small-20 and small-30 on the way to the target; with
+    /// shares that are multiples of --round-share these are the models runs to them would give).
+    #[arg(long, value_delimiter = ',')]
+    pub snapshots: Vec<f64>,
+    /// MLP channels per sub-model unit: 1 as the reference, or groups of channels of neighbouring
+    /// prior in a layer, which a few dozen sub-models can price [default: 1].
+    #[arg(long, default_value_t = 1)]
+    pub channel_group: usize,
+    /// Prune attention KV groups (a KV head with its query heads) as well as MLP channels (off by
+    /// default: see the README's Bonsai results).
     #[arg(long)]
-    pub mlp_only: bool,
+    pub attention: bool,
     /// The reference's sampling: 200 sub-models on 32 windows of the full context (days on two
     /// cores for a 135M model; flags given explicitly still win).
     #[arg(long)]
@@ -75,7 +85,8 @@ impl BonsaiArgs {
         cfg.round_share = self.round_share;
         cfg.batch = self.batch;
         cfg.prior_only = self.prior_only;
-        cfg.attention = !self.mlp_only;
+        cfg.attention = self.attention;
+        cfg.channel_group = self.channel_group;
         cfg.seed = seed;
         cfg
     }
@@ -90,6 +101,23 @@ pub fn run(args: &PruneArgs, t_all: Instant) -> CliResult {
         return Err("bonsai writes a smaller dense model: use --format dense".into());
     }
     let target = args.sparsity.unwrap_or(0.5);
+    let mut snapshots: Vec<f64> = args.bonsai.snapshots.clone();
+    snapshots.sort_by(f64::total_cmp);
+    if let Some(s) = snapshots.iter().find(|s| !(**s > 0.0 && **s < target)) {
+        return Err(format!("--snapshots {s}: each must be in (0, --sparsity {target})").into());
+    }
+    if !snapshots.is_empty() && args.out.is_none() {
+        return Err("--snapshots needs --out (they are written next to it)".into());
+    }
+    let snapshot_dir = |s: f64| {
+        let out = args.out.as_ref().expect("checked above");
+        let name = out
+            .file_name()
+            .map_or("out".into(), |n| n.to_string_lossy().into_owned());
+        out.with_file_name(format!("{name}-{}", (100.0 * s).round() as u32))
+    };
+    let mut saved = 0usize;
+    let mut snapshot_error = None;
     let (mut model, tok, load_secs) = args.model.load()?;
     model.check_finite()?;
     let cfg = args
@@ -140,9 +168,27 @@ pub fn run(args: &PruneArgs, t_all: Instant) -> CliResult {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         }
-        BonsaiEvent::RoundDone(r) => {
-            if args.json {
-                return;
+        BonsaiEvent::RoundDone { report: r, model } => {
+            // Snapshots the round passed (a model at 0.2 within the tolerance counts for 0.2).
+            while saved < snapshots.len() && r.sparsity >= snapshots[saved] - cfg.tolerance {
+                let dir = snapshot_dir(snapshots[saved]);
+                saved += 1;
+                let res = save_atomically(&dir, |d| Ok(load::save_hf(model, Some(&tok), d, None)?));
+                match res {
+                    Ok(()) => {
+                        let line = format!(
+                            "snapshot at {:.1} % saved to {}",
+                            100.0 * r.sparsity,
+                            dir.display()
+                        );
+                        if bar.is_hidden() {
+                            eprintln!("{line}");
+                        } else {
+                            bar.println(line);
+                        }
+                    }
+                    Err(e) => snapshot_error = snapshot_error.take().or(Some(e)),
+                }
             }
             let mut ppl = r.submodel_ppl.clone();
             ppl.sort_by(f64::total_cmp);
@@ -178,6 +224,9 @@ pub fn run(args: &PruneArgs, t_all: Instant) -> CliResult {
     };
     let report = bonsai_prune(&mut model, &calib_ids, &cfg, &mut log)?;
     bar.finish_and_clear();
+    if let Some(e) = snapshot_error {
+        return Err(e);
+    }
     drop(calib_ids);
     let after = evaluate(args, &model, eval_ids.as_deref(), show, "pruned")?;
     let decode_pruned = if args.bench {
