@@ -21,7 +21,7 @@
 //! ```
 
 use crate::llama::{KvCache, Llama};
-use shears_tensor::{Error, Result};
+use shears_tensor::{DType, Error, Result, Tensor};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -87,29 +87,39 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
     hi + (lo - hi).exp().ln_1p()
 }
 
-/// Sum of `−log softmax(logits_t)[ids[t+1]]` over the positions `t` of one window.
-fn window_nll(model: &Llama, window: &[u32], cache: &mut KvCache) -> Result<f64> {
-    cache.clear();
-    let hidden = model.forward_hidden(window, cache)?;
+/// `−log softmax(logits_r)[targets[r]]` for every row `r` of the normed hidden states
+/// `hidden: [targets.len(), hidden]`: the head runs in blocks of the vocabulary with an online
+/// log-sum-exp, so the `[rows, vocab]` logits never exist at once. Shared by [`perplexity`] and
+/// callers that score many sequences in one batch (Bonsai's sub-models).
+pub fn next_token_nll(model: &Llama, hidden: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
     let v = model.config.vocab_size;
-    let rows = window.len() - 1;
-    let hidden = hidden.narrow(0, 0, rows)?;
+    let rows = targets.len();
     // Per row: ln Σ exp over the blocks so far, and the target's logit.
     let mut lse = vec![f64::NEG_INFINITY; rows];
     let mut target = vec![f64::NAN; rows];
     for v0 in (0..v).step_by(VOCAB_BLOCK) {
         let vb = VOCAB_BLOCK.min(v - v0);
-        let logits = model.logits_block(&hidden, v0..v0 + vb)?;
+        let logits = model
+            .logits_block(hidden, v0..v0 + vb)?
+            .to_dtype(DType::F32)?;
         let block = logits.as_slice::<f32>()?;
         for (r, l) in logits.logsumexp()?.as_slice::<f64>()?.iter().enumerate() {
             lse[r] = log_add_exp(lse[r], *l);
-            let id = window[r + 1] as usize;
+            let id = targets[r] as usize;
             if (v0..v0 + vb).contains(&id) {
                 target[r] = block[r * vb + id - v0] as f64;
             }
         }
     }
-    Ok(lse.iter().zip(&target).map(|(l, t)| l - t).sum())
+    Ok(lse.iter().zip(&target).map(|(l, t)| l - t).collect())
+}
+
+/// Sum of `−log softmax(logits_t)[ids[t+1]]` over the positions `t` of one window.
+fn window_nll(model: &Llama, window: &[u32], cache: &mut KvCache) -> Result<f64> {
+    cache.clear();
+    let hidden = model.forward_hidden(window, cache)?;
+    let hidden = hidden.narrow(0, 0, window.len() - 1)?;
+    Ok(next_token_nll(model, &hidden, &window[1..])?.iter().sum())
 }
 
 /// The perplexity of `model` on the token ids `ids` with windows of `seqlen`; `progress(done,

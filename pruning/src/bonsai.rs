@@ -63,6 +63,7 @@ use crate::Removal;
 use rayon::prelude::*;
 use serde::Serialize;
 use shears_autograd::{no_grad, Var};
+use shears_models::eval;
 use shears_models::llama::{in_pool, DecoderLayer, Llama};
 use shears_tensor::{DType, Error, Result, Rng, Tensor};
 use std::time::Instant;
@@ -393,49 +394,20 @@ fn masked_hidden(
     })
 }
 
-/// Vocabulary entries per head call in [`sequence_nll`].
-const VOCAB_BLOCK: usize = 4096;
-
 /// Mean next-token cross-entropy of each sequence of `ids: (b, t)` from its normed hidden
-/// states `(b, t, d)`; the head runs in vocabulary blocks so the logits never exist at once.
+/// states `(b, t, d)` ([`eval::next_token_nll`] on all rows; each sequence's last position,
+/// which has no next token, is scored against a placeholder and left out).
 fn sequence_nll(model: &Llama, ids: &Tensor, hidden: &Tensor) -> Result<Vec<f64>> {
     let (b, t) = (ids.dims()[0], ids.dims()[1]);
-    let d = model.config.hidden_size;
-    let v = model.config.vocab_size;
-    let hidden = hidden.reshape([b * t, d])?;
+    let hidden = hidden.reshape([b * t, model.config.hidden_size])?;
     let tok = ids.as_slice::<u32>()?;
-    let rows = b * t;
-    let mut lse = vec![f64::NEG_INFINITY; rows];
-    let mut target = vec![f64::NAN; rows];
-    for v0 in (0..v).step_by(VOCAB_BLOCK) {
-        let vb = VOCAB_BLOCK.min(v - v0);
-        let logits = model.logits_block(&hidden, v0..v0 + vb)?;
-        let logits = logits.to_dtype(DType::F32)?;
-        let block = logits.as_slice::<f32>()?;
-        for (r, l) in logits.logsumexp()?.as_slice::<f64>()?.iter().enumerate() {
-            let (hi, lo) = if lse[r] >= *l {
-                (lse[r], *l)
-            } else {
-                (*l, lse[r])
-            };
-            lse[r] = if lo == f64::NEG_INFINITY {
-                hi
-            } else {
-                hi + (lo - hi).exp().ln_1p()
-            };
-            if r % t + 1 < t {
-                let id = tok[r + 1] as usize;
-                if (v0..v0 + vb).contains(&id) {
-                    target[r] = block[r * vb + id - v0] as f64;
-                }
-            }
-        }
-    }
-    Ok((0..b)
-        .map(|s| {
-            let sum: f64 = (s * t..(s + 1) * t - 1).map(|r| lse[r] - target[r]).sum();
-            sum / (t - 1) as f64
-        })
+    let targets: Vec<u32> = (0..b * t)
+        .map(|r| if r % t + 1 < t { tok[r + 1] } else { 0 })
+        .collect();
+    let nll = eval::next_token_nll(model, &hidden, &targets)?;
+    Ok(nll
+        .chunks_exact(t)
+        .map(|s| s[..t - 1].iter().sum::<f64>() / (t - 1) as f64)
         .collect())
 }
 
