@@ -102,8 +102,28 @@ pub struct BonsaiConfig {
     /// groups per layer, a third of its attention each) the sub-models cannot price them at this
     /// sampling budget (README, "Structured pruning with Bonsai").
     pub attention: bool,
+    /// How the round's candidates are chosen: per module by the reference's rule, or globally
+    /// by standardised prior ([`CandidateRule`]).
+    pub candidates: CandidateRule,
     /// The regression's grid and limits.
     pub fit: FitSettings,
+}
+
+/// How a round picks the units its sub-models perturb (the others are fixed for the round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateRule {
+    /// The reference's rule, module by module: the `⌊n(1−2p)⌋` units of highest prior of each
+    /// module are fixed, a sample drops `⌊p·n⌋ + 1` of the rest (see `module_candidates` in the
+    /// source). Every layer loses about the same share, whatever its priors say.
+    Module,
+    /// Across the model: units in ascending standardised prior (`(prior − mean) / sd` within
+    /// their module, as the prior-only baseline ranks them) until they hold twice the round's
+    /// budget of parameters, each module keeping at least one unit; a sample drops half of each
+    /// module's candidates and its partner the other half. Layers whose priors are low get more
+    /// candidates, so removal can be as uneven across layers as the priors allow, and the
+    /// sub-models decide within that set.
+    Global,
 }
 
 impl BonsaiConfig {
@@ -124,6 +144,7 @@ impl BonsaiConfig {
             tolerance: 0.02,
             attention: false,
             channel_group: 1,
+            candidates: CandidateRule::Module,
             fit: FitSettings::default(),
         }
     }
@@ -524,6 +545,45 @@ fn module_candidates(priors: &[f64], p: f64) -> (Vec<usize>, usize, f64) {
     }
 }
 
+/// The candidates of every module under [`CandidateRule::Global`]: `modules[m]` holds the
+/// priors of module `m` and the parameters of one of its units. Units are taken in ascending
+/// standardised prior (ties by module, then unit) until their parameters reach `want`; a module
+/// gives at most all but one of its units. Returns each module's candidates in ascending prior.
+fn global_candidates(modules: &[(&[f64], usize)], want: usize) -> Vec<Vec<usize>> {
+    let mut all: Vec<(f64, usize, usize)> = Vec::new();
+    for (mi, (prior, _)) in modules.iter().enumerate() {
+        let n = prior.len() as f64;
+        let mean = prior.iter().sum::<f64>() / n;
+        let sd = (prior.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / n)
+            .sqrt()
+            .max(f64::MIN_POSITIVE);
+        all.extend(
+            prior
+                .iter()
+                .enumerate()
+                .map(|(u, p)| ((p - mean) / sd, mi, u)),
+        );
+    }
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); modules.len()];
+    let mut held = 0usize;
+    for (_, mi, u) in all {
+        if held >= want {
+            break;
+        }
+        let (prior, params) = modules[mi];
+        if out[mi].len() + 1 >= prior.len() {
+            continue;
+        }
+        out[mi].push(u);
+        held += params;
+    }
+    for (m, (prior, _)) in out.iter_mut().zip(modules) {
+        m.sort_by(|&a, &b| prior[a].total_cmp(&prior[b]).then(a.cmp(&b)));
+    }
+    out
+}
+
 /// Draws `k` of `weights.len()` items without replacement with probability ∝ weight
 /// (Efraimidis–Spirakis keys `ln(u) / w`, largest first).
 fn weighted_sample(rng: &mut Rng, weights: &[f64], k: usize) -> Vec<usize> {
@@ -683,72 +743,82 @@ pub fn bonsai_prune(
         let pri = priors(model, &prior_windows, cfg.batch)?;
         let secs_prior = tp.elapsed().as_secs_f64();
 
-        // 2. Candidates per module.
+        // 2. Candidates per module, by the reference's rule or across the model.
         let mut cands: Vec<Candidate> = Vec::new();
         let mut modules: Vec<Module> = Vec::new();
-        for (li, (l, lp)) in model.model.layers.iter().zip(&pri).enumerate() {
-            for (kind, prior) in [
-                (UnitKind::KvGroup, &lp.groups),
-                (UnitKind::Channel, &lp.channels),
-            ] {
-                if kind == UnitKind::KvGroup && !cfg.attention {
-                    continue;
-                }
-                let (members, drop, take_part) = module_candidates(prior, share);
-                if members.is_empty() {
-                    continue;
-                }
-                let max = prior.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mean = prior.iter().sum::<f64>() / prior.len() as f64;
-                let sd = (prior.iter().map(|p| (p - mean).powi(2)).sum::<f64>()
-                    / prior.len() as f64)
-                    .sqrt()
-                    .max(f64::MIN_POSITIVE);
-                let params = unit_params(l, kind, d);
-                // Channels in groups of `channel_group` of neighbouring prior (members come in
-                // ascending prior), each group one candidate; a sample drops as many groups as
-                // make up about the channels the reference rule drops.
-                let g = match kind {
-                    UnitKind::Channel if !cfg.prior_only => cfg.channel_group.max(1),
-                    _ => 1,
-                };
-                let groups: Vec<&[usize]> = members.chunks(g).collect();
-                let drop = if g == 1 {
-                    drop
-                } else if groups.len() >= 2 {
-                    ((drop as f64 / g as f64).round() as usize).clamp(1, groups.len() - 1)
-                } else {
-                    1
-                };
-                let mut idx = Vec::new();
-                let mut weights = Vec::new();
-                for grp in groups {
-                    idx.push(cands.len());
-                    // ∝ (max prior − prior); a tiny floor keeps the highest candidate drawable.
-                    let w: f64 = grp
-                        .iter()
-                        .map(|&u| (max - prior[u]).max(max.abs() * 1e-9).max(1e-30))
-                        .sum();
-                    weights.push(w);
-                    let k = grp.len() as f64;
-                    cands.push(Candidate {
-                        layer: li,
-                        kind,
-                        units: grp.to_vec(),
-                        params: params * grp.len(),
-                        rel_prior: grp.iter().map(|&u| prior[u]).sum::<f64>()
-                            / k
-                            / max.max(f64::MIN_POSITIVE),
-                        z_prior: grp.iter().map(|&u| (prior[u] - mean) / sd).sum::<f64>() / k,
-                    });
-                }
-                modules.push(Module {
-                    members: idx,
-                    weights,
-                    drop,
-                    take_part,
+        let mut listed: Vec<(usize, UnitKind, &[f64])> = Vec::new();
+        for (li, lp) in pri.iter().enumerate() {
+            if cfg.attention {
+                listed.push((li, UnitKind::KvGroup, &lp.groups));
+            }
+            listed.push((li, UnitKind::Channel, &lp.channels));
+        }
+        let global = (cfg.candidates == CandidateRule::Global).then(|| {
+            let sizes: Vec<(&[f64], usize)> = listed
+                .iter()
+                .map(|&(li, kind, prior)| (prior, unit_params(&model.model.layers[li], kind, d)))
+                .collect();
+            global_candidates(&sizes, 2 * budget)
+        });
+        for (mi, &(li, kind, prior)) in listed.iter().enumerate() {
+            let l = &model.model.layers[li];
+            let (members, drop, take_part) = match &global {
+                None => module_candidates(prior, share),
+                // Half of them per sample (one of one: the partner keeps it).
+                Some(g) => (g[mi].clone(), (g[mi].len() / 2).max(1), 1.0),
+            };
+            if members.is_empty() {
+                continue;
+            }
+            let max = prior.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mean = prior.iter().sum::<f64>() / prior.len() as f64;
+            let sd = (prior.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / prior.len() as f64)
+                .sqrt()
+                .max(f64::MIN_POSITIVE);
+            let params = unit_params(l, kind, d);
+            // Channels in groups of `channel_group` of neighbouring prior (members come in
+            // ascending prior), each group one candidate; a sample drops as many groups as
+            // make up about the channels the reference rule drops.
+            let g = match kind {
+                UnitKind::Channel if !cfg.prior_only => cfg.channel_group.max(1),
+                _ => 1,
+            };
+            let groups: Vec<&[usize]> = members.chunks(g).collect();
+            let drop = if g == 1 {
+                drop
+            } else if groups.len() >= 2 {
+                ((drop as f64 / g as f64).round() as usize).clamp(1, groups.len() - 1)
+            } else {
+                1
+            };
+            let mut idx = Vec::new();
+            let mut weights = Vec::new();
+            for grp in groups {
+                idx.push(cands.len());
+                // ∝ (max prior − prior); a tiny floor keeps the highest candidate drawable.
+                let w: f64 = grp
+                    .iter()
+                    .map(|&u| (max - prior[u]).max(max.abs() * 1e-9).max(1e-30))
+                    .sum();
+                weights.push(w);
+                let k = grp.len() as f64;
+                cands.push(Candidate {
+                    layer: li,
+                    kind,
+                    units: grp.to_vec(),
+                    params: params * grp.len(),
+                    rel_prior: grp.iter().map(|&u| prior[u]).sum::<f64>()
+                        / k
+                        / max.max(f64::MIN_POSITIVE),
+                    z_prior: grp.iter().map(|&u| (prior[u] - mean) / sd).sum::<f64>() / k,
                 });
             }
+            modules.push(Module {
+                members: idx,
+                weights,
+                drop,
+                take_part,
+            });
         }
         if cands.is_empty() {
             return Err(Error::invalid(
@@ -820,10 +890,16 @@ pub fn bonsai_prune(
         let mut order: Vec<usize> = (0..cands.len()).collect();
         // Ties (the L1 term sets many coefficients to exactly 0) go by the prior relative to the
         // module's largest, so they do not fall to whichever kind of unit is listed first.
+        // Under the global rule the candidates were chosen by standardised prior, and ties go by
+        // that too.
+        let tie = |c: &Candidate| match cfg.candidates {
+            CandidateRule::Module => c.rel_prior,
+            CandidateRule::Global => c.z_prior,
+        };
         order.sort_by(|&a, &b| {
             score[a]
                 .total_cmp(&score[b])
-                .then(cands[a].rel_prior.total_cmp(&cands[b].rel_prior))
+                .then(tie(&cands[a]).total_cmp(&tie(&cands[b])))
                 .then(a.cmp(&b))
         });
         let mut chosen = Vec::new();
@@ -984,6 +1060,44 @@ mod tests {
         assert!((part - 0.2).abs() < 1e-12);
         // n = 1: none.
         assert_eq!(module_candidates(&[1.0], 0.05).0, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn global_candidates_follow_standardised_priors_across_modules() {
+        // Module 0 has one unit far below its others (z ≈ −2.24); module 1's priors are spread
+        // evenly, and module 2 has two units, which may give at most one.
+        let m0 = [10.0, 10.0, 10.0, 10.0, 10.0, 1.0];
+        let m1 = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let m2 = [0.5, 0.25];
+        let z = |p: &[f64], u: usize| {
+            let n = p.len() as f64;
+            let mean = p.iter().sum::<f64>() / n;
+            let sd = (p.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            (p[u] - mean) / sd
+        };
+        // The order by z, independently: m0[5] −2.24, m1[0] −1.46, m2[1] −1, m2[0] +1 (refused:
+        // the module's last unit), m1[1] −0.88, ...
+        assert!(z(&m0, 5) < z(&m1, 0) && z(&m1, 0) < z(&m2, 1) && z(&m2, 1) < z(&m1, 1));
+        let mods: Vec<(&[f64], usize)> = vec![(&m0, 10), (&m1, 10), (&m2, 100)];
+        // 10 parameters: the single lowest unit.
+        assert_eq!(global_candidates(&mods, 10), vec![vec![5], vec![], vec![]]);
+        // 120: m0[5], m1[0], then m2[1] (100 parameters) reaches it.
+        assert_eq!(
+            global_candidates(&mods, 120),
+            vec![vec![5], vec![0], vec![1]]
+        );
+        // Everything: every module gives all but one unit, m0's candidates in ascending prior
+        // (the tied 10s by index), m2 only its lower unit.
+        let all = global_candidates(&mods, usize::MAX);
+        assert_eq!(all[0], vec![5, 0, 1, 2, 3]);
+        assert_eq!(all[1], vec![0, 1, 2, 3, 4]);
+        assert_eq!(all[2], vec![1]);
+        // A module of one unit never gives it.
+        let one = [3.0];
+        assert_eq!(
+            global_candidates(&[(&one, 1)], usize::MAX),
+            vec![Vec::<usize>::new()]
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use super::model::decode_tokens_per_s;
 use super::prune::{calibration_ids, evaluate, OutFormat, PruneArgs};
 use clap::Args;
 use shears::models::load;
-use shears::pruning::bonsai::{bonsai_prune, prunable_params, BonsaiConfig, BonsaiEvent};
+use shears::pruning::bonsai::{
+    bonsai_prune, prunable_params, BonsaiConfig, BonsaiEvent, CandidateRule,
+};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -56,10 +58,24 @@ pub struct BonsaiArgs {
     /// default: see the README's Bonsai results).
     #[arg(long)]
     pub attention: bool,
+    /// Which units the sub-models perturb each round: `module` (the reference's rule, each
+    /// layer's lowest-prior share) or `global` (the lowest standardised priors across the model,
+    /// twice the round's budget; layers may lose unequal shares) [default: module].
+    #[arg(long, value_enum, default_value_t = CandidatesArg::Module)]
+    pub candidates: CandidatesArg,
     /// The reference's sampling: 200 sub-models on 32 windows of the full context (days on two
     /// cores for a 135M model; flags given explicitly still win).
     #[arg(long)]
     pub reference: bool,
+}
+
+/// `--candidates`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidatesArg {
+    /// Per module, as the reference.
+    Module,
+    /// Across the model by standardised prior.
+    Global,
 }
 
 impl BonsaiArgs {
@@ -87,6 +103,10 @@ impl BonsaiArgs {
         cfg.prior_only = self.prior_only;
         cfg.attention = self.attention;
         cfg.channel_group = self.channel_group;
+        cfg.candidates = match self.candidates {
+            CandidatesArg::Module => CandidateRule::Module,
+            CandidatesArg::Global => CandidateRule::Global,
+        };
         cfg.seed = seed;
         cfg
     }
@@ -273,6 +293,7 @@ pub fn run(args: &PruneArgs, t_all: Instant) -> CliResult {
             ("ppl_after", after.as_ref().map(|r| r.ppl).into()),
             ("ppl_before", before.as_ref().map(|r| r.ppl).into()),
             ("prior_only", cfg.prior_only.into()),
+            ("candidates", serde_json::to_value(cfg.candidates)?),
             ("round_share", cfg.round_share.into()),
             ("rounds", serde_json::to_value(&report.rounds)?),
             ("seconds", report.seconds.into()),
