@@ -56,6 +56,7 @@
 
 use shears_tensor::io::gguf::{Gguf, GgufValue};
 use shears_tensor::{Error, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
@@ -65,6 +66,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 /// The Llama-3 split regex, as in Meta-Llama-3's `tokenizer.json` (and the comment above
@@ -156,14 +158,36 @@ impl Tokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::format(path, None, format!("not a valid tokenizer.json: {e}")))?;
         let config = path
             .parent()
             .map(|d| d.join("tokenizer_config.json"))
             .filter(|p| p.is_file())
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            .and_then(|p| std::fs::read(p).ok());
+        Tokenizer::from_json_bytes(path, &bytes, config.as_deref())
+    }
+
+    /// [`Tokenizer::from_file`] of files already in memory: `json` is the `tokenizer.json`,
+    /// `config` the sibling `tokenizer_config.json` if there is one (ignored when it is not a
+    /// JSON object); `path` only names the tokenizer in errors. The tokenizer fuzz target
+    /// (`models/tests/fuzz.rs`) drives it. Errors: [`Error::Format`] naming `path` when `json`
+    /// is not a valid `tokenizer.json`.
+    pub fn from_json_bytes(path: &Path, json: &[u8], config: Option<&[u8]>) -> Result<Tokenizer> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::format(path, None, format!("not a valid tokenizer.json: {e}"))
+        };
+        // Parsed to a JSON value first: `tokenizers` panics (`expect("Helper")` in its decoder
+        // deserializer) instead of returning an error when the JSON inside `decoder` is broken or
+        // nests deeper than serde_json's recursion limit; a value that parsed cannot fail there.
+        let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(&e))?;
+        check_normalizers(&value).map_err(|e| bad(&e))?;
+        // From `&Value`, strings deserialize borrowed, as from the bytes.
+        let inner = <tokenizers::Tokenizer as serde::Deserialize>::deserialize(&value)
+            .map_err(|e| bad(&e))?;
+        drop(value);
+        if let Some(p) = inner.get_post_processor() {
+            check_post_processor(p).map_err(|e| bad(&e))?;
+        }
+        let config = config.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok());
         let named = |key: &str| -> Option<String> {
             let v = config.as_ref()?.get(key)?;
             v.as_str()
@@ -185,8 +209,15 @@ impl Tokenizer {
             &["<|end_of_text|>", "</s>", "<|endoftext|>", "<|im_end|>"],
         );
         let chat_template = named("chat_template");
+        // The id space, not the number of tokens: a vocabulary may skip ids (or give two tokens
+        // one id), and `decode` must accept every id `encode` can produce.
+        let vocab_size = inner
+            .get_vocab(true)
+            .into_values()
+            .max()
+            .map_or(0, |m| m as usize + 1);
         Ok(Tokenizer {
-            vocab_size: inner.get_vocab_size(true),
+            vocab_size,
             inner,
             bos,
             eos,
@@ -465,7 +496,8 @@ impl Tokenizer {
         }
     }
 
-    /// Number of ids, added tokens included.
+    /// Number of ids, added tokens included: one more than the largest id (a `tokenizer.json`
+    /// whose vocabulary skips ids counts the skipped ones too).
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -520,6 +552,94 @@ impl Tokenizer {
             prefix: 0,
             read: 0,
         }
+    }
+}
+
+/// A `TemplateProcessing` special token, as far as [`check_post_processor`] reads it.
+#[derive(serde::Deserialize)]
+struct TemplateSpecial {
+    ids: Vec<u32>,
+    tokens: Vec<String>,
+}
+
+/// Rejects a `tokenizer.json` normalizer that `tokenizers` (0.22) panics on while deserializing
+/// (found by the tokenizer fuzz target, `models/tests/fuzz.rs`): a `Precompiled` normalizer whose
+/// charsmap does not parse (`NormalizerWrapper`'s deserializer calls `expect("Precompiled")`).
+fn check_normalizers(v: &serde_json::Value) -> std::result::Result<(), String> {
+    fn check(n: &serde_json::Value) -> std::result::Result<(), String> {
+        match n.get("type").and_then(serde_json::Value::as_str) {
+            // As the wrapper does it: from the object's JSON text (the charsmap is read as a
+            // borrowed string, which a JSON escape in it makes fail).
+            Some("Precompiled") => {
+                serde_json::from_str::<tokenizers::normalizers::Precompiled>(&n.to_string())
+                    .map(drop)
+                    .map_err(|e| format!("normalizer `Precompiled`: {e}"))
+            }
+            Some("Sequence") => n
+                .get("normalizers")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .try_for_each(check),
+            _ => Ok(()),
+        }
+    }
+    v.get("normalizer").map_or(Ok(()), check)
+}
+
+/// Rejects a `TemplateProcessing` post-processor that `tokenizers` (0.22) deserializes without
+/// the checks its builder makes, and then panics on when encoding (found by the tokenizer fuzz
+/// target): a template naming a special token its `special_tokens` lacks, or a `single` template
+/// using the second sequence `$B` (`apply_template` indexes both unchecked). Also a special token
+/// whose `ids` and `tokens` differ in length, which `SpecialToken::new` refuses (encoding would
+/// give ids and tokens that disagree).
+fn check_post_processor(p: &PostProcessorWrapper) -> std::result::Result<(), String> {
+    use tokenizers::processors::template::{Piece, Sequence as Seq};
+    match p {
+        PostProcessorWrapper::Template(t) => {
+            // The template's parts are private; its JSON form shows them.
+            let v = serde_json::to_value(t).map_err(|e| e.to_string())?;
+            let part = |key: &str| v.get(key).cloned().unwrap_or_default();
+            let what = "post-processor `TemplateProcessing`";
+            let pieces = |key: &str| {
+                serde_json::from_value::<Vec<Piece>>(part(key))
+                    .map_err(|e| format!("{what}: `{key}`: {e}"))
+            };
+            let (single, pair) = (pieces("single")?, pieces("pair")?);
+            let specials =
+                serde_json::from_value::<BTreeMap<String, TemplateSpecial>>(part("special_tokens"))
+                    .map_err(|e| format!("{what}: `special_tokens`: {e}"))?;
+            if let Some((id, s)) = specials.iter().find(|(_, s)| s.ids.len() != s.tokens.len()) {
+                return Err(format!(
+                    "{what}: special token {id:?} has {} ids but {} tokens",
+                    s.ids.len(),
+                    s.tokens.len()
+                ));
+            }
+            for piece in single.iter().chain(&pair) {
+                if let Piece::SpecialToken { id, .. } = piece {
+                    if !specials.contains_key(id) {
+                        return Err(format!(
+                            "{what}: the template uses special token {id:?}, which \
+                             `special_tokens` does not define"
+                        ));
+                    }
+                }
+            }
+            if single
+                .iter()
+                .any(|p| matches!(p, Piece::Sequence { id: Seq::B, .. }))
+            {
+                return Err(format!(
+                    "{what}: the `single` template uses the second sequence `$B`"
+                ));
+            }
+            Ok(())
+        }
+        PostProcessorWrapper::Sequence(seq) => (0..)
+            .map_while(|i| seq.get(i))
+            .try_for_each(check_post_processor),
+        _ => Ok(()),
     }
 }
 

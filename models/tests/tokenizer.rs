@@ -400,3 +400,130 @@ fn from_file_rejects_garbage() {
     let err = Tokenizer::from_file(&dir.path().join("absent.json")).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
 }
+
+// ---------------------------------------------------------------- inputs found by fuzzing
+//
+// Each `tokenizer.json` below made `tokenizers` 0.22 panic (while parsing, or on the first
+// `encode`) before `Tokenizer::from_json_bytes` checked for it; now each is an `Error::Format`
+// naming the file. `fuzz_tokenizer_json` (models/tests/fuzz.rs) found the broken decoder and the
+// missing special token; the others sit next to those in `tokenizers` and were found by reading
+// it.
+
+/// A minimal BPE `tokenizer.json` (no byte-level parts) with the given normalizer and post-processor.
+fn tiny_json(normalizer: &str, post_processor: &str) -> String {
+    format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":{normalizer},"pre_tokenizer":null,"post_processor":{post_processor},
+        "decoder":null,"model":{{"type":"BPE","vocab":{{"a":0,"b":1,"<s>":2}},"merges":[]}}}}"#
+    )
+}
+
+fn assert_rejected(json: &str, needle: &str) {
+    let path = Path::new("fuzz/tokenizer.json");
+    let err = Tokenizer::from_json_bytes(path, json.as_bytes(), None).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Format { .. }), "{err:?}");
+    assert!(msg.contains("fuzz/tokenizer.json"), "{msg}");
+    assert!(msg.contains(needle), "`{msg}` lacks `{needle}`");
+}
+
+/// `expect("Helper")` in `tokenizers`' decoder deserializer: broken JSON inside `decoder`, or
+/// nesting past serde_json's recursion limit there.
+#[test]
+fn fuzz_regression_broken_json_inside_the_decoder() {
+    assert_rejected(
+        r#"{"decoder":{"type":"ByteLevel",]}"#,
+        "key must be a string",
+    );
+    let deep = format!(
+        r#"{{"decoder":{{"type":"ByteLevel","x":{}1{}}}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    assert_rejected(&deep, "recursion limit exceeded");
+}
+
+/// `expect("Precompiled")` in `tokenizers`' normalizer deserializer: a charsmap that does not
+/// parse.
+#[test]
+fn fuzz_regression_precompiled_normalizer_that_does_not_parse() {
+    let json = tiny_json(
+        r#"{"type":"Precompiled","precompiled_charsmap":"AAAA"}"#,
+        "null",
+    );
+    assert_rejected(&json, "normalizer `Precompiled`");
+    let nested = tiny_json(
+        r#"{"type":"Sequence","normalizers":[{"type":"Precompiled","precompiled_charsmap":"@"}]}"#,
+        "null",
+    );
+    assert_rejected(&nested, "normalizer `Precompiled`");
+}
+
+/// `apply_template` in `tokenizers` indexes the special-token map and the sequences unchecked
+/// (a missing special token, `$B` in `single`: panics on `encode`); a special token with more ids
+/// than tokens is refused too, as `SpecialToken::new` refuses it.
+#[test]
+fn fuzz_regression_template_post_processor_that_panics_on_encode() {
+    let seq = |id: &str, t: u32| format!(r#"{{"Sequence":{{"id":"{id}","type_id":{t}}}}}"#);
+    let special = r#"{"SpecialToken":{"id":"<s>","type_id":0}}"#;
+    let pair = format!("[{},{}]", seq("A", 0), seq("B", 1));
+    let template = |single: &str, specials: &str| {
+        // "Type", not "type": the post-processor is matched by its fields, whatever the tag says
+        // (the fuzzer's input had it so).
+        tiny_json(
+            "null",
+            &format!(
+                r#"{{"Type":"TemplateProcessing","single":{single},"pair":{pair},
+                "special_tokens":{specials}}}"#
+            ),
+        )
+    };
+    let s_ok = r#"{"<s>":{"id":"<s>","ids":[2],"tokens":["<s>"]}}"#;
+    let single = format!("[{special},{}]", seq("A", 0));
+    assert_rejected(&template(&single, "{}"), "special token \"<s>\"");
+    let only_b = format!("[{}]", seq("B", 0));
+    assert_rejected(&template(&only_b, s_ok), "uses the second sequence `$B`");
+    let uneven = r#"{"<s>":{"id":"<s>","ids":[2,2],"tokens":["<s>"]}}"#;
+    assert_rejected(&template(&single, uneven), "2 ids but 1 tokens");
+    // The same template with its special token defined loads and adds it (no decoder: tokens
+    // come back joined by spaces).
+    let tok = Tokenizer::from_json_bytes(
+        Path::new("t.json"),
+        template(&single, s_ok).as_bytes(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(tok.encode("ab", true).unwrap(), vec![2, 0, 1]);
+    assert_eq!(tok.decode(&[2, 0, 1], false).unwrap(), "<s> a b");
+}
+
+/// A vocabulary that skips ids: `decode` takes every id `encode` gives (the id space, not the
+/// token count, bounds it).
+#[test]
+fn vocabulary_with_gaps_decodes_what_it_encodes() {
+    let json = r#"{"version":"1.0","added_tokens":[],"normalizer":null,"pre_tokenizer":null,
+        "post_processor":null,"decoder":null,
+        "model":{"type":"BPE","vocab":{"a":0,"b":1000},"merges":[]}}"#;
+    let tok = Tokenizer::from_json_bytes(Path::new("t.json"), json.as_bytes(), None).unwrap();
+    assert_eq!(tok.vocab_size(), 1001);
+    let ids = tok.encode("ab", false).unwrap();
+    assert_eq!(ids, vec![0, 1000]);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "a b"); // no decoder: joined by spaces
+    assert!(tok.decode(&[1001], false).is_err());
+}
+
+/// `from_file` reads the sibling `tokenizer_config.json` and hands both to `from_json_bytes`:
+/// the same tokenizer either way.
+#[test]
+fn from_file_equals_from_json_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = tiny_json("null", "null");
+    let config = br#"{"bos_token": "<s>", "eos_token": {"content": "b"}}"#;
+    std::fs::write(dir.path().join("tokenizer.json"), &json).unwrap();
+    std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+    let a = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    let b = Tokenizer::from_json_bytes(Path::new("x"), json.as_bytes(), Some(config)).unwrap();
+    assert_eq!((a.bos_id(), a.eos_id()), (Some(2), Some(1)));
+    assert_eq!((b.bos_id(), b.eos_id()), (Some(2), Some(1)));
+    assert_eq!(a.vocab_size(), b.vocab_size());
+}

@@ -441,6 +441,79 @@ fn sharded_bad_index_is_a_format_error() {
     }
 }
 
+/// An index may only name shard files inside its own directory: absolute paths, `..` anywhere
+/// and names with no file component are refused before any file is opened, naming the tensor;
+/// so is a tensor listed twice (JSON maps would silently keep the last entry).
+#[test]
+fn sharded_index_shards_stay_inside_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real file outside the index's directory that an escaping index could point at.
+    let outside = dir.path().join("outside.safetensors");
+    io::save(
+        [("w", &Tensor::ones([2], DType::F32).unwrap())],
+        &outside,
+        None,
+    )
+    .unwrap();
+    let inner = dir.path().join("ckpt");
+    std::fs::create_dir(&inner).unwrap();
+    let abs = outside.display().to_string();
+    for (shard, needle) in [
+        (abs.as_str(), "must be a file name relative"),
+        ("../outside.safetensors", "must be a file name relative"),
+        (
+            "sub/../../outside.safetensors",
+            "must be a file name relative",
+        ),
+        ("./", "must be a file name relative"),
+        (".", "must be a file name relative"),
+        ("", "must be a file name relative"),
+    ] {
+        let text = serde_json::json!({ "weight_map": { "w": shard } }).to_string();
+        let index = write(&inner, io::INDEX_FILE, text.as_bytes());
+        for err in [
+            io::load_sharded(&index).unwrap_err(),
+            io::load_metadata_sharded(&index).unwrap_err(),
+            io::load_any(&inner).unwrap_err(),
+            io::index_from_bytes(&index, text.as_bytes()).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(matches!(err, Error::Format { .. }), "{shard:?}: {err:?}");
+            assert!(
+                msg.contains(needle) && msg.contains("`w`"),
+                "{shard:?}: {msg}"
+            );
+        }
+    }
+    let twice = br#"{"weight_map": {"w": "a.safetensors", "w": "b.safetensors"}}"#;
+    let msg = io::index_from_bytes("i.json", twice)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("listed twice") && msg.contains("`w`"), "{msg}");
+}
+
+#[test]
+fn index_from_bytes_groups_tensors_by_normalised_shard() {
+    let json = br#"{"metadata": {"total_size": 48, "format": "pt"},
+        "weight_map": {"a": "shards/x.safetensors", "b": "./shards/x.safetensors",
+                       "c": "y.safetensors"}}"#;
+    let index = io::index_from_bytes("model.safetensors.index.json", json).unwrap();
+    let shards: Vec<(&str, Vec<&str>)> = index
+        .shards
+        .iter()
+        .map(|(f, n)| (f.as_str(), n.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        shards,
+        [
+            ("shards/x.safetensors", vec!["a", "b"]),
+            ("y.safetensors", vec!["c"])
+        ]
+    );
+    assert_eq!(index.metadata["total_size"], "48");
+    assert_eq!(index.metadata["format"], "pt");
+}
+
 #[test]
 fn load_any_resolves_files_indexes_and_directories() {
     let dir = tempfile::tempdir().unwrap();

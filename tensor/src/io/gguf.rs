@@ -52,6 +52,7 @@
 //! `F32`, `F16` and `BF16` tensors load as those dtypes (borrowing the map when aligned);
 //! `Q8_0`, `Q4_0` and `Q4_1` are dequantized to f32 by [`shears_kernels::quant`].
 
+use super::bytes::FileBytes;
 use super::safetensors::io_err;
 use crate::storage::{Buf, CpuStorage};
 use crate::{DType, Error, Result, Shape, Tensor};
@@ -311,7 +312,8 @@ impl GgufTensorInfo {
 }
 
 /// An open GGUF file: its metadata and tensor infos, parsed and validated, and a memory map of
-/// the whole file that tensors borrow or are dequantized from.
+/// the whole file (or, from [`Gguf::from_bytes`], its bytes in memory) that tensors borrow or are
+/// dequantized from.
 #[derive(Clone)]
 pub struct Gguf {
     /// The file.
@@ -324,7 +326,7 @@ pub struct Gguf {
     pub metadata: BTreeMap<String, GgufValue>,
     /// The tensors, in file order.
     pub tensors: Vec<GgufTensorInfo>,
-    map: Arc<memmap2::Mmap>,
+    bytes: FileBytes,
     by_name: HashMap<String, usize>,
 }
 
@@ -678,7 +680,18 @@ impl Gguf {
         // truncating or rewriting the file in place while it is mapped is outside what Rust can
         // guard against (every mmap-based loader shares this caveat).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-        let p = parse(path, &map)?;
+        Gguf::from_file_bytes(path, FileBytes::Map(Arc::new(map)))
+    }
+
+    /// [`Gguf::open`] of a whole GGUF file already in memory (`file`: every byte of it); `path`
+    /// only names it in errors. The same validation; [`Gguf::tensor`] then copies elements out of
+    /// `file` instead of borrowing a map. The tensor-data and GGUF-tokenizer fuzz targets drive it.
+    pub fn from_bytes(path: impl AsRef<Path>, file: Vec<u8>) -> Result<Gguf> {
+        Gguf::from_file_bytes(path.as_ref(), FileBytes::Heap(file.into()))
+    }
+
+    fn from_file_bytes(path: &Path, bytes: FileBytes) -> Result<Gguf> {
+        let p = parse(path, &bytes)?;
         let by_name = p
             .tensors
             .iter()
@@ -691,7 +704,7 @@ impl Gguf {
             alignment: p.alignment,
             metadata: p.metadata,
             tensors: p.tensors,
-            map: Arc::new(map),
+            bytes,
             by_name,
         })
     }
@@ -779,12 +792,14 @@ impl Gguf {
         }
     }
 
-    /// The bytes of a tensor's data (bounds were validated in `open`).
     /// Drops the file pages holding `t`'s bytes from this process's resident set once they have
     /// been dequantized into an owned copy, so loading a model never holds the quantized file and
-    /// the dequantized weights in memory at once.
+    /// the dequantized weights in memory at once. Nothing to drop for bytes held in memory.
     fn release(&self, t: &GgufTensorInfo) {
         const PAGE: usize = 4096;
+        let Some(map) = self.bytes.map() else {
+            return;
+        };
         let start = (t.offset as usize).next_multiple_of(PAGE);
         let end = (t.offset + t.n_bytes) as usize / PAGE * PAGE;
         if end > start {
@@ -793,15 +808,15 @@ impl Gguf {
             // read of them (another tensor sharing a page, a zero-copy tensor) faults the same
             // bytes back in from the file. The range lies inside the map (checked at open).
             unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
                     .ok();
             }
         }
     }
 
+    /// The bytes of a tensor's data (bounds were validated in `open`).
     fn bytes(&self, t: &GgufTensorInfo) -> &[u8] {
-        &self.map[t.offset as usize..(t.offset + t.n_bytes) as usize]
+        &self.bytes[t.offset as usize..(t.offset + t.n_bytes) as usize]
     }
 
     /// The tensor called `name`, dims row-major ([`GgufTensorInfo::dims`]): `F32` as f32 (borrowing
@@ -811,11 +826,11 @@ impl Gguf {
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         let t = self.info_or_err(name)?;
         let n = t.elem_count();
-        let (map, off) = (&self.map, t.offset as usize);
+        let (b, off) = (&self.bytes, t.offset as usize);
         let storage = match t.ggml_type {
-            GgmlType::F32 => CpuStorage::F32(window(map, off, n)),
-            GgmlType::F16 => CpuStorage::F16(window(map, off, n)),
-            GgmlType::BF16 => CpuStorage::BF16(window(map, off, n)),
+            GgmlType::F32 => CpuStorage::F32(b.window(off, n)),
+            GgmlType::F16 => CpuStorage::F16(b.window(off, n)),
+            GgmlType::BF16 => CpuStorage::BF16(b.window(off, n)),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
                 CpuStorage::F32(self.dequantize(t)?.into())
             }
@@ -913,18 +928,18 @@ impl Gguf {
         // f32 first (exact for f16/bf16 sources), then narrowed if asked.
         let f32s: Vec<f32> = match t.ggml_type {
             GgmlType::F16 => {
-                let src: Buf<f16> = window(&self.map, t.offset as usize, n);
+                let src: Buf<f16> = self.bytes.window(t.offset as usize, n);
                 let mut v = vec![0f32; n];
                 fused::f16_to_f32(&src, &mut v);
                 v
             }
             GgmlType::BF16 => {
-                let src: Buf<bf16> = window(&self.map, t.offset as usize, n);
+                let src: Buf<bf16> = self.bytes.window(t.offset as usize, n);
                 let mut v = vec![0f32; n];
                 fused::bf16_to_f32(&src, &mut v);
                 v
             }
-            GgmlType::F32 => window::<f32>(&self.map, t.offset as usize, n).to_vec(),
+            GgmlType::F32 => self.bytes.window::<f32>(t.offset as usize, n).to_vec(),
             _ => self.dequantize(t)?,
         };
         let storage = match dtype {
@@ -953,15 +968,4 @@ fn short(v: &GgufValue) -> String {
         }
         v => format!("{v:?}"),
     }
-}
-
-/// `len` elements at `offset` of the map: borrowed when aligned, else copied.
-fn window<T: bytemuck::Pod>(map: &Arc<memmap2::Mmap>, offset: usize, len: usize) -> Buf<T> {
-    Buf::mapped(map.clone(), offset, len).unwrap_or_else(|| {
-        // Bounds were validated by `parse`; only alignment failed.
-        let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
-        let mut v = vec![T::zeroed(); len];
-        bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
-        v.into()
-    })
 }

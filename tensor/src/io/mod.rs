@@ -24,6 +24,7 @@
 //! ```
 
 mod atomic;
+mod bytes;
 pub mod gguf;
 pub mod safetensors;
 
@@ -31,9 +32,9 @@ pub use self::atomic::{write_atomic, AtomicFile};
 pub use self::gguf::{GgmlType, Gguf, GgufTensorInfo, GgufValue};
 pub use self::safetensors::{load, load_metadata, save, Header, TensorInfo};
 
-use self::safetensors::{io_err, prepare, save_prepared, Prepared};
+use self::safetensors::{io_err, prepare, save_prepared, OrderedMap, Prepared};
 use crate::{Error, Result, Tensor};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
@@ -103,34 +104,61 @@ pub fn load_metadata_any(path: impl AsRef<Path>) -> Result<Header> {
 struct RawIndex {
     #[serde(default)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
-    weight_map: BTreeMap<String, String>,
+    weight_map: OrderedMap<String>,
 }
 
-/// A parsed index: shard path → the tensor names it must hold.
-struct Index {
-    shards: BTreeMap<PathBuf, Vec<String>>,
-    metadata: BTreeMap<String, String>,
+/// A sharded checkpoint's index (`model.safetensors.index.json`), parsed and validated by
+/// [`index_from_bytes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardIndex {
+    /// Shard file → the tensor names the weight map assigns to it (in index order). A shard file is
+    /// a path relative to the index's directory, `/`-separated, with `.` components dropped.
+    pub shards: BTreeMap<String, Vec<String>>,
+    /// The index's `metadata` (`total_size`, ...), non-string values written as JSON.
+    pub metadata: BTreeMap<String, String>,
 }
 
-fn read_index(path: &Path) -> Result<Index> {
-    let text = std::fs::read(path).map_err(io_err(path))?;
-    let raw: RawIndex = serde_json::from_slice(&text)
+/// Parses and validates a sharded checkpoint's index held in memory (`json`: the bytes of
+/// `model.safetensors.index.json`); `path` only names it in errors. [`load_sharded`] and
+/// [`load_metadata_sharded`] read the index through it; the sharded-index fuzz target
+/// (`tensor/tests/fuzz.rs`) drives it. Errors ([`Error::Format`] naming the index and, when one is
+/// at fault, the tensor): not JSON, no `weight_map` object of strings, a tensor listed twice, and a
+/// shard file that is empty or not a path inside the index's directory (absolute, `..`, a drive
+/// prefix, or only `.`), so that an index can never point the loader at files elsewhere.
+pub fn index_from_bytes(path: impl AsRef<Path>, json: &[u8]) -> Result<ShardIndex> {
+    let path = path.as_ref();
+    let raw: RawIndex = serde_json::from_slice(json)
         .map_err(|e| Error::format(path, None, format!("not a valid safetensors index: {e}")))?;
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let mut shards: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-    for (name, shard) in raw.weight_map {
-        let rel = Path::new(&shard);
-        let escapes = rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
-        if shard.is_empty() || escapes {
+    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for (name, shard) in raw.weight_map.0 {
+        if !seen.insert(name.clone()) {
             return Err(Error::format(
                 path,
                 Some(&name),
-                format!("shard `{shard}` must be a path relative to the index's directory"),
+                "listed twice in the index's weight_map",
             ));
         }
-        shards.entry(dir.join(rel)).or_default().push(name);
+        let mut parts = Vec::new();
+        let mut inside = !shard.is_empty();
+        for c in Path::new(&shard).components() {
+            match c {
+                Component::Normal(p) => parts.push(p.to_string_lossy()),
+                Component::CurDir => {}
+                Component::ParentDir | Component::RootDir | Component::Prefix(_) => inside = false,
+            }
+        }
+        if !inside || parts.is_empty() {
+            return Err(Error::format(
+                path,
+                Some(&name),
+                format!(
+                    "shard `{shard}` must be a file name relative to the index's directory \
+                     (no absolute path, no `..`)"
+                ),
+            ));
+        }
+        shards.entry(parts.join("/")).or_default().push(name);
     }
     let metadata = raw
         .metadata
@@ -141,7 +169,29 @@ fn read_index(path: &Path) -> Result<Index> {
             v => (k, v.to_string()),
         })
         .collect();
-    Ok(Index { shards, metadata })
+    Ok(ShardIndex { shards, metadata })
+}
+
+/// An index read from a file: shard path (joined to the index's directory) → its tensor names.
+struct Index {
+    shards: BTreeMap<PathBuf, Vec<String>>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Reads and validates the index at `path` ([`index_from_bytes`]).
+fn read_index(path: &Path) -> Result<Index> {
+    let json = std::fs::read(path).map_err(io_err(path))?;
+    let index = index_from_bytes(path, &json)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let shards = index
+        .shards
+        .into_iter()
+        .map(|(file, names)| (dir.join(file), names))
+        .collect();
+    Ok(Index {
+        shards,
+        metadata: index.metadata,
+    })
 }
 
 fn missing_shard(index: &Path, shard: &Path, first: &str) -> Error {

@@ -22,8 +22,9 @@
 //! # Ok::<(), shears_tensor::Error>(())
 //! ```
 
+use super::bytes::FileBytes;
 use super::write_atomic;
-use crate::storage::{Buf, CpuStorage};
+use crate::storage::CpuStorage;
 use crate::{DType, Error, Result, Shape, Tensor};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use std::collections::{BTreeMap, BTreeSet};
@@ -161,30 +162,31 @@ impl Parsed {
     }
 }
 
-/// The header's top-level JSON object, keys in file order and duplicates kept (serde_json's maps
-/// would silently keep the last one).
-struct RawHeader(Vec<(String, serde_json::Value)>);
+/// A JSON object's entries in file order with duplicate keys kept (serde_json's maps would
+/// silently keep the last one), so that a reader can reject duplicates by name: the header's
+/// top-level object here, a sharded index's `weight_map` in [`crate::io`].
+pub(super) struct OrderedMap<V>(pub(super) Vec<(String, V)>);
 
-impl<'de> Deserialize<'de> for RawHeader {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawHeader;
+        struct Vis<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = OrderedMap<V>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(
                 self,
                 mut m: A,
-            ) -> std::result::Result<RawHeader, A::Error> {
+            ) -> std::result::Result<OrderedMap<V>, A::Error> {
                 let mut v = Vec::new();
-                while let Some(kv) = m.next_entry::<String, serde_json::Value>()? {
+                while let Some(kv) = m.next_entry::<String, V>()? {
                     v.push(kv);
                 }
-                Ok(RawHeader(v))
+                Ok(OrderedMap(v))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(Vis(std::marker::PhantomData))
     }
 }
 
@@ -242,7 +244,7 @@ fn header_len(path: &Path, prefix: &[u8], file_len: u64) -> Result<usize> {
 fn parse_header(path: &Path, json: &[u8], data_len: usize) -> Result<Parsed> {
     let text = std::str::from_utf8(json)
         .map_err(|e| Error::format(path, None, format!("header is not UTF-8: {e}")))?;
-    let RawHeader(raw) = serde_json::from_str(text)
+    let OrderedMap::<serde_json::Value>(raw) = serde_json::from_str(text)
         .map_err(|e| Error::format(path, None, format!("header is not valid JSON: {e}")))?;
 
     let mut metadata = None;
@@ -416,22 +418,34 @@ pub fn load(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
     // or rewriting the file in place while it is mapped is outside what Rust can guard against
     // (every mmap-based loader shares this caveat); shears itself only replaces files by rename.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
-    let map = Arc::new(map);
-    let n = header_len(path, &map, map.len() as u64)?;
+    load_file_bytes(path, FileBytes::Map(Arc::new(map)))
+}
+
+/// [`load`] of a whole `.safetensors` file already in memory (`file`: every byte of it); `path`
+/// only names it in errors. The same validation and the same tensors, each holding a copy of its
+/// elements (none borrows `file`). The tensor-data fuzz targets (`tensor/tests/fuzz.rs`) drive
+/// it; `sparse::split_sparse` of its result decodes a compressed-tensors file in memory.
+pub fn load_from_bytes(path: impl AsRef<Path>, file: &[u8]) -> Result<BTreeMap<String, Tensor>> {
+    load_file_bytes(path.as_ref(), FileBytes::Heap(Arc::from(file)))
+}
+
+/// Validates the header of `bytes` (a whole file) and builds every tensor over its data.
+fn load_file_bytes(path: &Path, bytes: FileBytes) -> Result<BTreeMap<String, Tensor>> {
+    let n = header_len(path, &bytes, bytes.len() as u64)?;
     let data_start = 8 + n;
-    let parsed = parse_header(path, &map[8..data_start], map.len() - data_start)?;
+    let parsed = parse_header(path, &bytes[8..data_start], bytes.len() - data_start)?;
     let mut out = BTreeMap::new();
     for e in parsed.entries {
-        let t = build_tensor(path, &map, data_start + e.begin, &e.info)?;
+        let t = build_tensor(path, &bytes, data_start + e.begin, &e.info)?;
         out.insert(e.info.name, t);
     }
     Ok(out)
 }
 
-/// One tensor over its (validated) window of the map.
+/// One tensor over its (validated) window of the file.
 fn build_tensor(
     path: &Path,
-    map: &Arc<memmap2::Mmap>,
+    bytes: &FileBytes,
     offset: usize,
     info: &TensorInfo,
 ) -> Result<Tensor> {
@@ -447,26 +461,15 @@ fn build_tensor(
         ));
     };
     let storage = match dtype {
-        DType::F32 => CpuStorage::F32(window(map, offset, n)),
-        DType::F64 => CpuStorage::F64(window(map, offset, n)),
-        DType::F16 => CpuStorage::F16(window(map, offset, n)),
-        DType::BF16 => CpuStorage::BF16(window(map, offset, n)),
-        DType::U8 => CpuStorage::U8(window(map, offset, n)),
-        DType::U32 => CpuStorage::U32(window(map, offset, n)),
-        DType::I64 => CpuStorage::I64(window(map, offset, n)),
+        DType::F32 => CpuStorage::F32(bytes.window(offset, n)),
+        DType::F64 => CpuStorage::F64(bytes.window(offset, n)),
+        DType::F16 => CpuStorage::F16(bytes.window(offset, n)),
+        DType::BF16 => CpuStorage::BF16(bytes.window(offset, n)),
+        DType::U8 => CpuStorage::U8(bytes.window(offset, n)),
+        DType::U32 => CpuStorage::U32(bytes.window(offset, n)),
+        DType::I64 => CpuStorage::I64(bytes.window(offset, n)),
     };
     Ok(Tensor::from_cpu(storage, Shape::from(info.shape.clone())))
-}
-
-/// `len` elements at `offset` of the map: borrowed when aligned, else copied.
-fn window<T: bytemuck::Pod>(map: &Arc<memmap2::Mmap>, offset: usize, len: usize) -> Buf<T> {
-    Buf::mapped(map.clone(), offset, len).unwrap_or_else(|| {
-        // Bounds were validated by `parse_header`; only alignment failed.
-        let bytes = &map[offset..offset + len * std::mem::size_of::<T>()];
-        let mut v = vec![T::zeroed(); len];
-        bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);
-        v.into()
-    })
 }
 
 /// A tensor ready to be written: its name and contiguous form.
