@@ -49,13 +49,20 @@ fn json_lines_have_the_fields_and_positive_numbers() {
     assert_eq!(first["threads"], 2);
     let level = first["level"].as_str().expect("level is a string");
     assert!(["portable", "avx2", "avx512"].contains(&level), "{level}");
+    let engine = first["bf16_engine"]
+        .as_str()
+        .expect("bf16_engine is a string");
+    assert!(["off", "avx512bf16", "amx"].contains(&engine), "{engine}");
 
     let mut kernels = std::collections::BTreeSet::new();
     let mut dtypes = std::collections::BTreeSet::new();
     for line in &lines[1..] {
         let v: serde_json::Value = serde_json::from_str(line).expect("each line is JSON");
         let kernel = v["kernel"].as_str().expect("kernel is a string");
-        assert!(["gemm", "matmul_nt"].contains(&kernel), "{line}");
+        assert!(
+            ["gemm", "gemm_bf16", "matmul_nt"].contains(&kernel),
+            "{line}"
+        );
         kernels.insert(kernel.to_string());
         dtypes.insert(v["dtype"].as_str().expect("dtype is a string").to_string());
         for key in ["m", "k", "n", "threads"] {
@@ -75,7 +82,7 @@ fn json_lines_have_the_fields_and_positive_numbers() {
         let want = 2.0 * m * k * n / seconds / 1e9;
         assert!((gflops - want).abs() <= 1e-6 * want, "{line}");
     }
-    assert_eq!(kernels.len(), 2, "{kernels:?}");
+    assert_eq!(kernels.len(), 3, "{kernels:?}");
     assert!(
         ["f32", "bf16", "f16"].iter().all(|d| dtypes.contains(*d)),
         "{dtypes:?}"

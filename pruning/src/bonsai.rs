@@ -10,7 +10,12 @@
 //!    `⌊n·(1 − 2p)⌋` units of highest prior are fixed for the round, the rest are candidates
 //!    (`p`: the round's share of the original parameters). **Sub-models** come in pairs: one drops
 //!    `⌊p·n⌋ + 1` candidates of every module at once, drawn with probability ∝ (max prior −
-//!    prior), its partner drops exactly the candidates the first kept.
+//!    prior), its partner drops exactly the candidates the first kept. Under
+//!    [`CandidateRule::Global`] (`--candidates global`, not in the reference) the candidates are
+//!    chosen across the model instead: units in ascending prior standardised within their module
+//!    (z-score) until they hold twice the round's parameter budget, each module keeping at least
+//!    one unit; a sub-model drops half of each module's candidates and its partner the other
+//!    half, and ties in the removal order go by the standardised prior.
 //! 3. Each sub-model's **perplexity** on the round's calibration windows, with the dropped units
 //!    masked virtually (their attention-context columns and MLP activations multiplied by 0; no
 //!    copies of the weights): all sub-models of a batch run as one forward pass whose sequences

@@ -8,7 +8,7 @@
 //! ```
 
 use super::common::{json_line, peak_rss_bytes, CliResult};
-use super::model::{greedy_decode, ModelArgs};
+use super::model::{bf16_engine_report, greedy_decode, ModelArgs};
 use clap::Args;
 use shears::kernels::limits;
 use shears::models::llama::Llama;
@@ -120,6 +120,7 @@ pub fn run(args: &ModelBenchArgs) -> CliResult {
     if args.json {
         // Keys in alphabetical order, as this line has always printed them.
         let line = json_line(&[
+            ("bf16_engine", bf16_engine_report(model.dtype()).into()),
             ("cpu", shears::kernels::cpu::model_name().into()),
             (
                 "decode_fraction_of_bandwidth_bound",
@@ -196,11 +197,12 @@ pub fn run(args: &ModelBenchArgs) -> CliResult {
             .unwrap_or_else(|| "n/a".into());
         writeln!(
             out,
-            "{} threads ({}, prefetch {}), {} weights ({:.1} MiB), {} KV cache {:.1} MiB, peak RSS \
-             {rss_text}",
+            "{} threads ({}, prefetch {}, bf16 engine {}), {} weights ({:.1} MiB), {} KV cache \
+             {:.1} MiB, peak RSS {rss_text}",
             rayon::current_num_threads(),
             shears::kernels::cpu::model_name(),
             shears::kernels::cpu::prefetch().name(),
+            bf16_engine_report(model.dtype()),
             model.dtype().as_str(),
             mib(model.weight_bytes()),
             model.kv_dtype.as_str(),

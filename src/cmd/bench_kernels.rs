@@ -65,6 +65,9 @@ enum Kernel {
     Gemm,
     /// `gemv::matmul_nt`, weights [N, K].
     MatmulNt,
+    /// `gemm::bf16::matmul_nt_bf16`: x f32 (rounded to bf16), weights bf16 [N, K], on the bf16
+    /// matrix engine (`SHEARS_BF16_ENGINE` picks it).
+    GemmBf16,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -103,6 +106,7 @@ impl Case {
         match self.kernel {
             Kernel::Gemm => "gemm",
             Kernel::MatmulNt => "matmul_nt",
+            Kernel::GemmBf16 => "gemm_bf16",
         }
     }
     /// Decode-like shapes are bound by reading the weights, the rest by FMA throughput.
@@ -126,12 +130,16 @@ fn cases(small: bool) -> Vec<Case> {
     };
     let mut out: Vec<Case> = cubes
         .iter()
-        .map(|&s| Case {
-            kernel: Kernel::Gemm,
-            dtype: DType::F32,
-            m: s,
-            k: s,
-            n: s,
+        .flat_map(|&s| {
+            [(Kernel::Gemm, DType::F32), (Kernel::GemmBf16, DType::BF16)].map(|(kernel, dtype)| {
+                Case {
+                    kernel,
+                    dtype,
+                    m: s,
+                    k: s,
+                    n: s,
+                }
+            })
         })
         .collect();
     for &m in ms {
@@ -200,17 +208,19 @@ pub fn run(args: &KernelsArgs) -> CliResult {
                 ("level", lim.level.name().into()),
                 ("cpu", cpu::model_name().into()),
                 ("prefetch", cpu::prefetch().name().into()),
+                ("bf16_engine", gemm::bf16::engine().name().into()),
             ])
         )?;
     } else {
         writeln!(
             out,
-            "limits ({} thread{}, {}, prefetch {}, {}): f32 FMA peak {:.1} GFLOP/s, read \
-             bandwidth {:.1} GB/s",
+            "limits ({} thread{}, {}, prefetch {}, bf16 engine {}, {}): f32 FMA peak {:.1} \
+             GFLOP/s, read bandwidth {:.1} GB/s",
             lim.threads,
             if lim.threads == 1 { "" } else { "s" },
             lim.level.name(),
             cpu::prefetch().name(),
+            gemm::bf16::engine().name(),
             cpu::model_name(),
             lim.fma_gflops,
             lim.read_gbps
@@ -313,6 +323,14 @@ fn time_case(case: &Case, target: f64, min_reps: usize) -> (f64, usize) {
                     MatRef::new(&b, n, 1),
                     &mut c,
                 );
+                black_box(&mut c);
+            })
+        }
+        (Kernel::GemmBf16, _) => {
+            let w: Vec<bf16> = Lcg::new(2).take(n * k).map(bf16::from_f32).collect();
+            let mut c = vec![0f32; m * n];
+            time(target, min_reps, || {
+                gemm::bf16::matmul_nt_bf16(m, n, k, &x, &w, &mut c);
                 black_box(&mut c);
             })
         }

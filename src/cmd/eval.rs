@@ -6,7 +6,7 @@
 //! ```
 
 use super::common::{json_line, peak_rss_bytes, progress_bar, CliResult};
-use super::model::{default_texts, ModelArgs};
+use super::model::{bf16_engine_report, default_texts, ModelArgs};
 use clap::Args;
 use shears::models::eval;
 use std::io::Write;
@@ -60,6 +60,7 @@ pub fn run(args: &EvalArgs) -> CliResult {
         // Keys in alphabetical order, as this line has always printed them.
         let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         let line = json_line(&[
+            ("bf16_engine", bf16_engine_report(model.dtype()).into()),
             ("dtype", model.dtype().as_str().into()),
             ("files", files.into()),
             ("kv_dtype", model.kv_dtype.as_str().into()),
@@ -80,7 +81,7 @@ pub fn run(args: &EvalArgs) -> CliResult {
     } else {
         writeln!(
             out,
-            "perplexity {:.4} (seqlen {}, {} windows, {} of {} tokens scored) | {:.1} tokens/s, {:.1} s | {} threads, {} weights",
+            "perplexity {:.4} (seqlen {}, {} windows, {} of {} tokens scored) | {:.1} tokens/s, {:.1} s | {} threads, {} weights, bf16 engine {}",
             report.ppl,
             report.seqlen,
             report.windows,
@@ -89,7 +90,8 @@ pub fn run(args: &EvalArgs) -> CliResult {
             report.tokens_per_s,
             report.secs,
             rayon::current_num_threads(),
-            model.dtype().as_str()
+            model.dtype().as_str(),
+            bf16_engine_report(model.dtype())
         )?;
     }
     Ok(())

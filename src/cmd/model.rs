@@ -38,15 +38,64 @@ pub struct ModelArgs {
     /// under $SHEARS_DATA or ./data].
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Storage dtype of the projection and embedding weights (computation is f32).
+    /// Storage dtype of the projection and embedding weights. Computation is f32, except that
+    /// with bf16 weights the products of many rows (prefill, evaluation, calibration) run on the
+    /// bf16 matrix engine (`--bf16-engine`), which rounds activations to bf16.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: DTypeArg,
+    /// Matrix engine for products with bf16 weights and more than 16 rows: `auto` (the best this
+    /// machine runs: AMX, then AVX512-BF16), `amx`, `avx512bf16`, or `off` (widen the weights to
+    /// f32 and run the f32 GEMM). The environment variable SHEARS_BF16_ENGINE sets the default.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub bf16_engine: Bf16EngineArg,
     /// Storage dtype of the KV cache (`auto`: that of the weights). A half cache reads half the
     /// bytes per decode step and rounds keys and values to 8 (bf16) or 11 (f16) significant bits.
     #[arg(long, value_enum, default_value = "auto")]
     pub kv_dtype: KvDTypeArg,
     #[command(flatten)]
     pub threads: ThreadsArg,
+}
+
+/// Matrix engine for bf16 products.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Bf16EngineArg {
+    Auto,
+    Off,
+    Avx512bf16,
+    Amx,
+}
+
+/// Applies `--bf16-engine` for the whole process; an engine this machine lacks is an error
+/// naming the ones it has.
+pub fn set_bf16_engine(arg: Bf16EngineArg) -> CliResult {
+    use shears::kernels::gemm::bf16::{self as engine, Engine};
+    let want = match arg {
+        Bf16EngineArg::Auto => return Ok(()),
+        Bf16EngineArg::Off => Engine::Off,
+        Bf16EngineArg::Avx512bf16 => Engine::Avx512Bf16,
+        Bf16EngineArg::Amx => Engine::Amx,
+    };
+    if engine::force_engine(Some(want)) {
+        return Ok(());
+    }
+    let have: Vec<&str> = engine::available().iter().map(|e| e.name()).collect();
+    Err(format!(
+        "--bf16-engine {}: this machine cannot run it (it has: {}; AMX also needs Linux to grant \
+         the tile state)",
+        want.name(),
+        have.join(", ")
+    )
+    .into())
+}
+
+/// The bf16 engine in use, for reports: its name when the model's weights are bf16, else
+/// "unused".
+pub fn bf16_engine_report(dtype: DType) -> &'static str {
+    if dtype == DType::BF16 {
+        shears::kernels::gemm::bf16::engine().name()
+    } else {
+        "unused"
+    }
 }
 
 /// Storage dtype of the KV cache.
@@ -92,6 +141,7 @@ impl ModelArgs {
     /// load took.
     pub fn load(&self) -> CliResult<(Llama, Tokenizer, f64)> {
         self.threads.set_global()?;
+        set_bf16_engine(self.bf16_engine)?;
         let path = self.path()?;
         let t0 = Instant::now();
         let (mut model, tok) = load::load(

@@ -7,6 +7,7 @@
 //! compiler vectorises.
 //! [`gemm_ref`] is the plain triple loop both are tested against.
 
+pub mod bf16;
 pub mod f32;
 mod kernels;
 mod pack;

@@ -5,7 +5,8 @@
 //! For the decode case (M = 1, GEMV) and small batches (M ≤ [`SMALL_M`]) the kernel streams each
 //! weight row exactly once from memory and reuses it from registers for every row of `x`: these
 //! shapes are bound by weight bandwidth, so half-precision weights (half the bytes) run up to twice
-//! as fast. Larger M goes to the packed GEMM.
+//! as fast. Larger M goes to the packed GEMM; with bf16 weights, to the bf16 matrix engine
+//! ([`gemm::bf16`]: AMX or AVX512-BF16, `x` rounded to bf16) where the CPU has one.
 //!
 //! ```
 //! use half::bf16;
@@ -226,6 +227,11 @@ fn large_m<W: WeightElem>(
         // SAFETY: W is f32 (KIND says so), identical layout.
         let w32 = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<f32>(), w.len()) };
         return gemm::f32::gemm(level, m, n, k, xm, MatRef::new(w32, 1, k), y);
+    }
+    if W::KIND == WeightKind::BF16 && gemm::bf16::engine() != gemm::bf16::Engine::Off {
+        // SAFETY: W is bf16 (KIND says so), identical layout.
+        let wb = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<bf16>(), w.len()) };
+        return gemm::bf16::matmul_nt_bf16(m, n, k, x, wb, y);
     }
     // Half weights: widen a block of rows at a time, multiply, scatter into y's columns.
     const NB: usize = 512;

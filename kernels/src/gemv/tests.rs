@@ -23,7 +23,17 @@ fn check<W: WeightElem>(
         .build()
         .unwrap();
     pool.install(|| matmul_nt_with(level, m, n, k, &x, w, &mut y));
-    matmul_nt_ref(m, n, k, &x, w, &mut r);
+    let engine = W::KIND == WeightKind::BF16
+        && m > SMALL_M
+        && gemm::bf16::engine() != gemm::bf16::Engine::Off;
+    if engine {
+        // Above SMALL_M bf16 weights go to the bf16 engine, which rounds x to bf16 too.
+        // SAFETY: W is bf16.
+        let wb = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<bf16>(), w.len()) };
+        gemm::bf16::matmul_nt_bf16_ref(m, n, k, &x, wb, &mut r);
+    } else {
+        matmul_nt_ref(m, n, k, &x, w, &mut r);
+    }
     for (i, (a, b)) in y.iter().zip(&r).enumerate() {
         prop_assert!(
             (a - b).abs() <= 1e-5 * (k as f32 + 1.0),
@@ -106,7 +116,12 @@ proptest! {
         });
         for (i, &n) in ns.iter().enumerate() {
             let mut r = vec![0f32; m * n];
-            matmul_nt_ref(m, n, k, &x, &ws[i], &mut r);
+            if m > SMALL_M && gemm::bf16::engine() != gemm::bf16::Engine::Off {
+                // The bf16 engine rounds x to bf16 too.
+                gemm::bf16::matmul_nt_bf16_ref(m, n, k, &x, &ws[i], &mut r);
+            } else {
+                matmul_nt_ref(m, n, k, &x, &ws[i], &mut r);
+            }
             for (j, (a, b)) in ys[i].iter().zip(&r).enumerate() {
                 prop_assert!((a - b).abs() <= 1e-5 * (k as f32 + 1.0), "matrix {i} m{m} n{n} k{k} [{j}] {a} vs {b}");
             }

@@ -117,7 +117,8 @@ impl Tensor {
     /// `y = x · Wᵀ` for a weight stored `[out, in]`, the way checkpoints store linear layers:
     /// `x: (.., in)` f32 with `W` in f32, bf16 or f16 (widened in registers), or both f64 →
     /// `(.., out)` in x's dtype. Up to 16 rows stream each weight row once (decode); more go to
-    /// the packed GEMM.
+    /// the packed GEMM, or, with bf16 weights, to the bf16 matrix engine where the CPU has one
+    /// (AMX or AVX512-BF16; `shears_kernels::gemm::bf16`), which rounds `x` to bf16 too.
     pub fn matmul_nt(&self, w: &Tensor) -> Result<Tensor> {
         let n = if w.rank() == 2 { w.dims()[0] } else { 0 };
         self.matmul_nt_rows(w, 0..n)
