@@ -343,31 +343,37 @@ fn context(
         .map(|g| vc.f32_range(g * cap * hd..(g * cap + l) * hd))
         .collect();
     // Head hh writes its context rows `[t, hd]` into its own chunk of `per_head: [h, t·hd]`,
-    // as two GEMMs.
+    // as two GEMMs per block of CAUSAL_ROWS rows: rows s0..s1 see positions 0..p + s1 only, so
+    // the blocks skip most of the masked upper triangle (about half the work of a long prompt).
     let head = |(hh, ctx): (usize, &mut [f32])| {
         let g = hh / groups;
         let ktg = &kts[g];
         let vg = &vs[g][..];
-        let mut scores = vec![0f32; t * l];
-        // scores[t, l] = q_h[t, hd] · K_gᵀ
-        gemm(
-            t,
-            l,
-            hd,
-            MatRef::new(&q[hh * hd..], h * hd, 1),
-            MatRef::new(ktg, l, 1),
-            &mut scores,
-        );
-        fused::softmax_causal_inplace(&mut scores, t, l, p);
-        // ctx[t, hd] = P[t, l] · V_g[l, hd]
-        gemm(
-            t,
-            hd,
-            l,
-            MatRef::new(&scores, l, 1),
-            MatRef::new(vg, hd, 1),
-            ctx,
-        );
+        let mut scores = vec![0f32; CAUSAL_ROWS.min(t) * l];
+        for s0 in (0..t).step_by(CAUSAL_ROWS) {
+            let s1 = (s0 + CAUSAL_ROWS).min(t);
+            let (tc, lc) = (s1 - s0, p + s1);
+            let sc = &mut scores[..tc * lc];
+            // scores[tc, lc] = q_h[s0..s1, hd] · K_g[.., 0..lc]ᵀ
+            gemm(
+                tc,
+                lc,
+                hd,
+                MatRef::new(&q[(s0 * h + hh) * hd..], h * hd, 1),
+                MatRef::new(ktg, l, 1),
+                sc,
+            );
+            fused::softmax_causal_inplace(sc, tc, lc, p + s0);
+            // ctx[s0..s1, hd] = P[tc, lc] · V_g[0..lc, hd]
+            gemm(
+                tc,
+                hd,
+                lc,
+                MatRef::new(sc, lc, 1),
+                MatRef::new(vg, hd, 1),
+                &mut ctx[s0 * hd..s1 * hd],
+            );
+        }
     };
     let mut per_head = vec![0f32; h * t * hd];
     if t * l >= PAR_HEADS_MIN {
@@ -390,6 +396,10 @@ fn context(
 fn key_group_len(capacity: usize, head_dim: usize) -> usize {
     capacity.next_multiple_of(fused::KEY_BLOCK) * head_dim
 }
+
+/// Prefill attention runs in blocks of this many query rows, each over the positions its last
+/// row sees (the causal mask's upper triangle is skipped block by block).
+const CAUSAL_ROWS: usize = 64;
 
 /// Below this many score entries per head, heads run one after another (rayon's fork/join costs
 /// more than the work).

@@ -110,13 +110,22 @@ fn steps_equal_attention_over_the_whole_sequence() {
 }
 
 /// 260 prefilled positions, then decode steps: the cached positions are split across the threads
-/// (parts of at least 128) and merged.
+/// (parts of at least 128) and merged. Then prefills longer than one causal block (64 rows) over
+/// a filled cache, and the same from an empty one in other steps.
 #[test]
 fn long_sequences_take_the_split_decode_path() {
-    let l = [Layer::new(4, 2, 64, 266, 5)];
+    let l = [Layer::new(4, 2, 64, 400, 5)];
     for dtype in [DType::F32, DType::BF16] {
-        let mut c = KvCache::new(300, dtype, &[(2, 64)]).unwrap();
-        let got = run(&mut c, &l, &[260, 1, 4, 1]);
+        let mut c = KvCache::new(400, dtype, &[(2, 64)]).unwrap();
+        let got = run(&mut c, &l, &[260, 1, 4, 1, 100, 34]);
+        assert_close(
+            &got[0].to_vec_f64(),
+            &l[0].direct(dtype).to_vec_f64(),
+            1e-5,
+            1e-5,
+        );
+        let mut c = KvCache::new(400, dtype, &[(2, 64)]).unwrap();
+        let got = run(&mut c, &l, &[63, 65, 129, 143]);
         assert_close(
             &got[0].to_vec_f64(),
             &l[0].direct(dtype).to_vec_f64(),
