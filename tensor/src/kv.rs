@@ -29,6 +29,7 @@ use crate::{DType, Error, Result, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use shears_kernels::fused;
+use shears_kernels::gemm::bf16 as bf16_engine;
 use shears_kernels::gemm::{gemm, MatRef};
 use shears_kernels::gemv::WeightElem;
 use std::borrow::Cow;
@@ -336,6 +337,11 @@ fn context(
             _ => unreachable!("keys and values share one dtype"),
         };
     }
+    if let (KvBuf::Bf16(kc), KvBuf::Bf16(vc)) = (kc, vc) {
+        if bf16_engine::engine() != bf16_engine::Engine::Off {
+            return prefill_bf16(q, kc, vc, cap, gsz, h, kvh, hd, p, t);
+        }
+    }
     // Each group's keys as one `[hd, l]` f32 matrix for the score GEMMs, and its values
     // `[l, hd]`.
     let kts: Vec<Vec<f32>> = (0..kvh).map(|g| kc.key_matrix(g * gsz, hd, l)).collect();
@@ -382,6 +388,78 @@ fn context(
         per_head.chunks_mut(t * hd).enumerate().for_each(head);
     }
     // Back to the token-major layout o_proj reads: row s holds heads 0..h.
+    let mut merged = vec![0f32; t * h * hd];
+    for hh in 0..h {
+        for s in 0..t {
+            merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
+                .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
+        }
+    }
+    merged
+}
+
+/// Prefill attention over a bf16 cache on the bf16 matrix engine: per head and block of
+/// [`CAUSAL_ROWS`] query rows, `scores = q · Kᵀ` and `ctx = P · V` with the cached keys and
+/// values as the engine's weights (already bf16: no rounding beyond the cache's own) and the
+/// queries and probabilities rounded to bf16 by the engine, f32 sums and an f32 softmax.
+#[allow(clippy::too_many_arguments)]
+fn prefill_bf16(
+    q: &[f32],
+    kc: &[bf16],
+    vc: &[bf16],
+    cap: usize,
+    gsz: usize,
+    h: usize,
+    kvh: usize,
+    hd: usize,
+    p: usize,
+    t: usize,
+) -> Vec<f32> {
+    let l = p + t;
+    let groups = h / kvh;
+    // Per group: keys `[l, hd]` (the engine's `[n, k]` weight for the scores) and values
+    // transposed, `[hd, l]` (the weight for the context; a block reads its first `lc` columns).
+    let ks: Vec<Vec<bf16>> = (0..kvh)
+        .map(|g| {
+            let kg = &kc[g * gsz..];
+            (0..l * hd)
+                .map(|e| kg[fused::key_index(e / hd, e % hd, hd)])
+                .collect()
+        })
+        .collect();
+    let vts: Vec<Vec<bf16>> = (0..kvh)
+        .map(|g| {
+            let vg = &vc[g * cap * hd..];
+            (0..hd * l).map(|e| vg[(e % l) * hd + e / l]).collect()
+        })
+        .collect();
+    let head = |(hh, ctx): (usize, &mut [f32])| {
+        let g = hh / groups;
+        let mut qh = vec![0f32; CAUSAL_ROWS.min(t) * hd];
+        let mut scores = vec![0f32; CAUSAL_ROWS.min(t) * l];
+        for s0 in (0..t).step_by(CAUSAL_ROWS) {
+            let s1 = (s0 + CAUSAL_ROWS).min(t);
+            let (tc, lc) = (s1 - s0, p + s1);
+            for (r, dst) in qh[..tc * hd].chunks_exact_mut(hd).enumerate() {
+                let src = ((s0 + r) * h + hh) * hd;
+                dst.copy_from_slice(&q[src..src + hd]);
+            }
+            let sc = &mut scores[..tc * lc];
+            bf16_engine::matmul_nt_bf16(tc, lc, hd, &qh[..tc * hd], &ks[g][..lc * hd], sc);
+            fused::softmax_causal_inplace(sc, tc, lc, p + s0);
+            bf16_engine::matmul_nt_bf16_strided(
+                tc,
+                hd,
+                lc,
+                sc,
+                &vts[g],
+                l,
+                &mut ctx[s0 * hd..s1 * hd],
+            );
+        }
+    };
+    let mut per_head = vec![0f32; h * t * hd];
+    per_head.par_chunks_mut(t * hd).enumerate().for_each(head);
     let mut merged = vec![0f32; t * h * hd];
     for hh in 0..h {
         for s in 0..t {

@@ -220,6 +220,51 @@ pub fn matmul_nt_bf16(m: usize, n: usize, k: usize, x: &[f32], w: &[bf16], y: &m
     matmul_nt_bf16_with(engine(), m, n, k, x, w, y)
 }
 
+/// [`matmul_nt_bf16`] with weight rows `ldw ≥ k` elements apart (`w` holds `(n − 1)·ldw + k`
+/// elements or more): a block of columns of a wider matrix, without a copy where the shape
+/// allows.
+pub fn matmul_nt_bf16_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[bf16],
+    ldw: usize,
+    y: &mut [f32],
+) {
+    assert!(ldw >= k, "matmul_nt_bf16_strided: ldw {ldw} < k {k}");
+    assert!(
+        n == 0 || w.len() >= (n - 1) * ldw + k,
+        "matmul_nt_bf16_strided: w length"
+    );
+    assert_eq!(x.len(), m * k, "matmul_nt_bf16_strided: x length");
+    assert_eq!(y.len(), m * n, "matmul_nt_bf16_strided: y length");
+    let e = engine();
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    // SAFETY: bf16 is a transparent u16.
+    let wu = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()) };
+    match e {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the engine is supported (engine() only returns supported ones).
+        Engine::Amx => unsafe { drive::<amx::Amx>(m, n, k, x, wu, ldw, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Engine::Avx512Bf16 => unsafe { drive::<avx512::Avx512Bf16>(m, n, k, x, wu, ldw, y) },
+        _ => {
+            let wc: Vec<bf16> = (0..n)
+                .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
+                .collect();
+            portable(n, k, x, &wc, y)
+        }
+    }
+}
+
 /// [`matmul_nt_bf16`] on an explicit engine (one this machine lacks falls back to the best it
 /// has).
 pub fn matmul_nt_bf16_with(
@@ -274,9 +319,17 @@ fn portable(n: usize, k: usize, x: &[f32], w: &[bf16], y: &mut [f32]) {
 /// the k blocks of a row block adjacent.
 fn pack_x(m: usize, k: usize, x: &[f32], mt: usize, kt: usize) -> Vec<u32> {
     let mut out = vec![0u32; mt * kt * 256];
+    #[cfg(target_arch = "x86_64")]
+    let fast = avx512bf16_supported();
     out.par_chunks_mut(kt * 256)
         .enumerate()
         .for_each(|(mb, blk)| {
+            #[cfg(target_arch = "x86_64")]
+            if fast && (mb + 1) * 16 <= m {
+                // SAFETY: AVX512-BF16 checked; rows mb·16 .. mb·16 + 16 of x exist (length k).
+                unsafe { pack_rows16(k, &x[mb * 16 * k..(mb + 1) * 16 * k], blk) };
+                return;
+            }
             let mut row = vec![0u16; kt * 32];
             for j in 0..16 {
                 let i = mb * 16 + j;
@@ -297,12 +350,57 @@ fn pack_x(m: usize, k: usize, x: &[f32], mt: usize, kt: usize) -> Vec<u32> {
     out
 }
 
+/// [`pack_x`] for one block of 16 full rows `x16` (`16 × k`): every whole 32-column block is
+/// converted with `VCVTNE2PS2BF16` (nearest-even, as [`round_bf16`]; denormal inputs become
+/// zero, as the engines treat them anyway) and transposed as 32-bit pairs with [`transpose16`];
+/// a last partial block goes the scalar way.
+///
+/// # Safety
+/// AVX512-BF16 present; `blk` holds `k.div_ceil(32)` zeroed tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_rows16(k: usize, x16: &[f32], blk: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let full = k / 32;
+    let mut pairs = [0u32; 256];
+    for kb in 0..full {
+        for j in 0..16 {
+            let src = x16.as_ptr().add(j * k + kb * 32);
+            let lo = _mm512_loadu_ps(src);
+            let hi = _mm512_loadu_ps(src.add(16));
+            // Lower 16 bf16 from the second operand, upper 16 from the first.
+            let v: __m512i = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(pairs.as_mut_ptr().add(j * 16).cast(), v);
+        }
+        // pairs[j][p] → tile[p][j]
+        transpose16(
+            pairs.as_ptr().cast(),
+            16,
+            blk.as_mut_ptr().add(kb * 256).cast(),
+            16,
+        );
+    }
+    if full * 32 < k {
+        let tile = &mut blk[full * 256..(full + 1) * 256];
+        for j in 0..16 {
+            let row = &x16[j * k + full * 32..(j + 1) * k];
+            let mut b = [0u16; 32];
+            for (d, &v) in b.iter_mut().zip(row) {
+                *d = round_bf16(v);
+            }
+            for p in 0..16 {
+                tile[p * 16 + j] = b[2 * p] as u32 | (b[2 * p + 1] as u32) << 16;
+            }
+        }
+    }
+}
+
 /// `w` zero-padded to `np` rows and `kp` columns (for shapes the tile loads cannot read in
 /// place).
-fn pad_w(n: usize, k: usize, w: &[u16], np: usize, kp: usize) -> Vec<u16> {
+fn pad_w(n: usize, k: usize, w: &[u16], ldw: usize, np: usize, kp: usize) -> Vec<u16> {
     let mut out = vec![0u16; np * kp];
-    for (d, s) in out.chunks_exact_mut(kp).zip(w.chunks_exact(k)).take(n) {
-        d[..k].copy_from_slice(s);
+    for (j, d) in out.chunks_exact_mut(kp).take(n).enumerate() {
+        d[..k].copy_from_slice(&w[j * ldw..j * ldw + k]);
     }
     out
 }
@@ -383,16 +481,24 @@ trait Engine32 {
 ///
 /// # Safety
 /// `E` is supported on this machine; lengths checked by the caller; `m, n, k > 0`.
-unsafe fn drive<E: Engine32>(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
+unsafe fn drive<E: Engine32>(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[u16],
+    ldw_in: usize,
+    y: &mut [f32],
+) {
     let kt = k.div_ceil(32);
     let mt = m.div_ceil(32) * 2;
     let xp = pack_x(m, k, x, mt, kt);
     let np = n.next_multiple_of(32);
     let padded;
     let (wp, ldw) = if n.is_multiple_of(32) && k.is_multiple_of(32) {
-        (w, k)
+        (w, ldw_in)
     } else {
-        padded = pad_w(n, k, w, np, kt * 32);
+        padded = pad_w(n, k, w, ldw_in, np, kt * 32);
         (&padded[..], kt * 32)
     };
     let mc = (MC_BYTES / (kt * 64 * 32)).max(1) * 32; // rows of x per block
@@ -485,28 +591,29 @@ mod amx {
         TileConfig(c)
     }
 
-    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
-        struct Amx;
-        impl Engine32 for Amx {
-            unsafe fn begin() {
-                let cfg = config();
-                asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
-            }
-            unsafe fn block(
-                kt: usize,
-                w0: *const u16,
-                ldw: usize,
-                x0: *const u32,
-                t: &mut [f32; 1024],
-            ) {
-                block(kt, w0, ldw, x0, t)
-            }
-            unsafe fn end() {
-                asm!("tilerelease", options(nostack));
-            }
+    pub(super) struct Amx;
+    impl Engine32 for Amx {
+        unsafe fn begin() {
+            let cfg = config();
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack));
         }
+        unsafe fn block(
+            kt: usize,
+            w0: *const u16,
+            ldw: usize,
+            x0: *const u32,
+            t: &mut [f32; 1024],
+        ) {
+            block(kt, w0, ldw, x0, t)
+        }
+        unsafe fn end() {
+            asm!("tilerelease", options(nostack));
+        }
+    }
+
+    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
         // SAFETY: the caller checked that the machine granted AMX (the engine is supported).
-        unsafe { drive::<Amx>(m, n, k, x, w, y) }
+        unsafe { drive::<Amx>(m, n, k, x, w, k, y) }
     }
 
     /// One 32×32 output block over the whole of `k`: tiles 0-3 accumulate, 4-5 hold two
@@ -568,23 +675,24 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
-    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
-        struct Avx512Bf16;
-        impl Engine32 for Avx512Bf16 {
-            unsafe fn block(
-                kt: usize,
-                w0: *const u16,
-                ldw: usize,
-                x0: *const u32,
-                t: &mut [f32; 1024],
-            ) {
-                for half in 0..2 {
-                    block16(kt, w0.add(half * 16 * ldw), ldw, x0, t, half);
-                }
+    pub(super) struct Avx512Bf16;
+    impl Engine32 for Avx512Bf16 {
+        unsafe fn block(
+            kt: usize,
+            w0: *const u16,
+            ldw: usize,
+            x0: *const u32,
+            t: &mut [f32; 1024],
+        ) {
+            for half in 0..2 {
+                block16(kt, w0.add(half * 16 * ldw), ldw, x0, t, half);
             }
         }
+    }
+
+    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
         // SAFETY: the caller checked that AVX512-BF16 is supported.
-        unsafe { drive::<Avx512Bf16>(m, n, k, x, w, y) }
+        unsafe { drive::<Avx512Bf16>(m, n, k, x, w, k, y) }
     }
 
     /// The 32 bf16 lanes of an integer vector (same bits).
@@ -657,6 +765,45 @@ mod tests {
                 assert_eq!(dst[i * 24 + j], src[j * 20 + i], "[{i},{j}]");
             }
             assert!(dst[i * 24 + 16..i * 24 + 24].iter().all(|&v| v == -1.0));
+        }
+    }
+
+    /// The packed layout, for blocks the vector path takes (16 full rows, whole 32-column
+    /// blocks) and the scalar rest: element (i, p) of x lands, rounded as `half` rounds it, at
+    /// tile (i / 16, p / 32), row (p % 32) / 2, column i % 16, half p % 2.
+    #[test]
+    fn packed_x_holds_every_element_rounded() {
+        let (m, k) = (37, 70);
+        let special = [
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f80_8001),
+            f32::from_bits(0x3f81_8000),
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.4e38,
+        ];
+        let mut x = crate::testing::lcg_values(m * k, 4, 3.0);
+        for (i, v) in special.iter().enumerate() {
+            x[i * 11] = *v;
+        }
+        x[5] = f32::NAN;
+        let kt = k.div_ceil(32);
+        let mt = m.div_ceil(32) * 2;
+        let packed = pack_x(m, k, &x, mt, kt);
+        assert_eq!(packed.len(), mt * kt * 256);
+        for i in 0..mt * 16 {
+            for p in 0..kt * 32 {
+                let word = packed[((i / 16) * kt + p / 32) * 256 + ((p % 32) / 2) * 16 + i % 16];
+                let got = (word >> (16 * (p % 2))) as u16;
+                if i >= m || p >= k {
+                    assert_eq!(got, 0, "padding ({i}, {p})");
+                } else if x[i * k + p].is_nan() {
+                    assert!(bf16::from_bits(got).is_nan());
+                } else {
+                    assert_eq!(got, bf16::from_f32(x[i * k + p]).to_bits(), "({i}, {p})");
+                }
+            }
         }
     }
 
@@ -749,6 +896,25 @@ mod tests {
             for e in available() {
                 check(e, if two { 2 } else { 1 }, m, n, k, seed)?;
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// A block of columns of a wider weight equals the product with that block copied out.
+        #[test]
+        fn strided_weights_equal_the_copied_block(m in dims(), n in dims(), k in dims(), extra in prop_oneof![Just(0usize), Just(1), Just(31), 0usize..70], seed: u64) {
+            let ldw = k + extra;
+            let x = crate::testing::lcg_values(m * k, seed, 1.0);
+            let wide: Vec<bf16> = crate::testing::lcg_values(n * ldw, !seed, 1.0)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let block: Vec<bf16> = (0..n).flat_map(|j| wide[j * ldw..j * ldw + k].iter().copied()).collect();
+            let (mut a, mut b) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+            matmul_nt_bf16_strided(m, n, k, &x, &wide, ldw, &mut a);
+            matmul_nt_bf16(m, n, k, &x, &block, &mut b);
+            prop_assert_eq!(a, b);
         }
     }
 
