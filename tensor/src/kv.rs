@@ -381,13 +381,25 @@ fn context(
             );
         }
     };
+    run_heads(h, t, hd, t * l >= PAR_HEADS_MIN, head)
+}
+
+/// Runs `head(hh, ctx)` for every head, each writing its context rows `[t, hd]` into its own
+/// chunk (in parallel when `parallel`), and returns them in the token-major layout `o_proj`
+/// reads: row `s` holds heads `0..h`.
+fn run_heads(
+    h: usize,
+    t: usize,
+    hd: usize,
+    parallel: bool,
+    head: impl Fn((usize, &mut [f32])) + Sync + Send,
+) -> Vec<f32> {
     let mut per_head = vec![0f32; h * t * hd];
-    if t * l >= PAR_HEADS_MIN {
+    if parallel {
         per_head.par_chunks_mut(t * hd).enumerate().for_each(head);
     } else {
         per_head.chunks_mut(t * hd).enumerate().for_each(head);
     }
-    // Back to the token-major layout o_proj reads: row s holds heads 0..h.
     let mut merged = vec![0f32; t * h * hd];
     for hh in 0..h {
         for s in 0..t {
@@ -458,16 +470,7 @@ fn prefill_bf16(
             );
         }
     };
-    let mut per_head = vec![0f32; h * t * hd];
-    per_head.par_chunks_mut(t * hd).enumerate().for_each(head);
-    let mut merged = vec![0f32; t * h * hd];
-    for hh in 0..h {
-        for s in 0..t {
-            merged[(s * h + hh) * hd..(s * h + hh + 1) * hd]
-                .copy_from_slice(&per_head[(hh * t + s) * hd..(hh * t + s + 1) * hd]);
-        }
-    }
-    merged
+    run_heads(h, t, hd, true, head)
 }
 
 /// Floats of one KV head's keys in the blocked layout.

@@ -239,7 +239,20 @@ pub fn matmul_nt_bf16_strided(
     );
     assert_eq!(x.len(), m * k, "matmul_nt_bf16_strided: x length");
     assert_eq!(y.len(), m * n, "matmul_nt_bf16_strided: y length");
-    let e = engine();
+    dispatch(engine(), m, n, k, x, w, ldw, y)
+}
+
+/// Runs a product whose lengths the caller checked on `e` (supported), `w`'s rows `ldw` apart.
+fn dispatch(
+    e: Engine,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: &[bf16],
+    ldw: usize,
+    y: &mut [f32],
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -251,11 +264,12 @@ pub fn matmul_nt_bf16_strided(
     let wu = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()) };
     match e {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the engine is supported (engine() only returns supported ones).
+        // SAFETY: the caller passes a supported engine.
         Engine::Amx => unsafe { drive::<amx::Amx>(m, n, k, x, wu, ldw, y) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Engine::Avx512Bf16 => unsafe { drive::<avx512::Avx512Bf16>(m, n, k, x, wu, ldw, y) },
+        _ if ldw == k => portable(n, k, x, &w[..n * k], y),
         _ => {
             let wc: Vec<bf16> = (0..n)
                 .flat_map(|j| w[j * ldw..j * ldw + k].iter().copied())
@@ -280,22 +294,7 @@ pub fn matmul_nt_bf16_with(
     assert_eq!(w.len(), n * k, "matmul_nt_bf16: w length");
     assert_eq!(y.len(), m * n, "matmul_nt_bf16: y length");
     let e = if e.is_supported() { e } else { detect() };
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        y.fill(0.0);
-        return;
-    }
-    // SAFETY: bf16 is a transparent u16.
-    let wu = unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()) };
-    match e {
-        #[cfg(target_arch = "x86_64")]
-        Engine::Amx => amx::matmul_nt(m, n, k, x, wu, y),
-        #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Bf16 => avx512::matmul_nt(m, n, k, x, wu, y),
-        _ => portable(n, k, x, w, y),
-    }
+    dispatch(e, m, n, k, x, w, k, y)
 }
 
 /// The engine-less path: rows of `x` rounded once, then f32 dot products, parallel over rows.
@@ -611,11 +610,6 @@ mod amx {
         }
     }
 
-    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
-        // SAFETY: the caller checked that the machine granted AMX (the engine is supported).
-        unsafe { drive::<Amx>(m, n, k, x, w, k, y) }
-    }
-
     /// One 32×32 output block over the whole of `k`: tiles 0-3 accumulate, 4-5 hold two
     /// 16-row weight tiles, 6-7 two packed `x` tiles; the result, transposed, lands in `t`.
     ///
@@ -688,11 +682,6 @@ mod avx512 {
                 block16(kt, w0.add(half * 16 * ldw), ldw, x0, t, half);
             }
         }
-    }
-
-    pub(super) fn matmul_nt(m: usize, n: usize, k: usize, x: &[f32], w: &[u16], y: &mut [f32]) {
-        // SAFETY: the caller checked that AVX512-BF16 is supported.
-        unsafe { drive::<Avx512Bf16>(m, n, k, x, w, k, y) }
     }
 
     /// The 32 bf16 lanes of an integer vector (same bits).
